@@ -1,0 +1,3 @@
+"""Fit and evaluate agr-batch's multi-head classifiers on FairFace."""
+
+from __future__ import annotations
