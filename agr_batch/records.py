@@ -130,3 +130,40 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.age)
+
+
+@dataclass(frozen=True, eq=False)
+class FaceBatch:
+    """Classified faces from one source, column-wise.
+
+    Attributes:
+        source: The input file's path, as a string.
+        kind: ``video`` or ``image``.
+        frame_index: (N,) int64 frame index of each face.
+        time_s: (N,) float64 seconds from the source's start.
+        boxes: (N, 4) float32 x1, y1, x2, y2 in frame pixels.
+        det_scores: (N,) float32 detection scores.
+        predictions: Probabilities per head.
+        start_time: Absolute time of the source's start, when known.
+    """
+
+    source: str
+    kind: str
+    frame_index: np.ndarray
+    time_s: np.ndarray
+    boxes: np.ndarray
+    det_scores: np.ndarray
+    predictions: Predictions
+    start_time: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("video", "image"):
+            raise ValueError(f"FaceBatch.kind: expected 'video' or 'image', got {self.kind!r}")
+        n = len(self.predictions)
+        _check("FaceBatch.frame_index", self.frame_index, (n,), np.int64)
+        _check("FaceBatch.time_s", self.time_s, (n,), np.float64)
+        _check("FaceBatch.boxes", self.boxes, (n, 4), np.float32)
+        _check("FaceBatch.det_scores", self.det_scores, (n,), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.predictions)

@@ -1,0 +1,124 @@
+"""The resolved configuration of a run, recorded in every output's metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agr_batch import __version__
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Face detector choice and thresholds.
+
+    Attributes:
+        name: Registered detector name (``centerface``, ``scrfd``).
+        score_threshold: Minimum detection score.
+        min_face: Minimum face size (shorter box side) in frame pixels.
+        max_side: Longest side of the detector's working resolution, in pixels.
+        model_path: Weights file for detectors that need one (``scrfd``).
+    """
+
+    name: str = "centerface"
+    score_threshold: float = 0.5
+    min_face: int = 20
+    max_side: int = 640
+    model_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.score_threshold < 1.0:
+            raise ValueError(f"score threshold must be in (0, 1), got {self.score_threshold}")
+        if self.min_face < 1:
+            raise ValueError(f"min face size must be >= 1 pixel, got {self.min_face}")
+        if self.max_side < 64:
+            raise ValueError(f"detector resolution must be >= 64 pixels, got {self.max_side}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Constructor keywords for :func:`agr_batch.detect.create_detector`."""
+        kw: dict[str, Any] = {
+            "score_threshold": self.score_threshold,
+            "min_face_size": float(self.min_face),
+        }
+        if self.name == "centerface":
+            kw["max_side"] = self.max_side
+            kw["input_width"] = None
+        elif self.name == "scrfd":
+            kw["input_size"] = (self.max_side, self.max_side)
+        if self.model_path:
+            kw["model_path"] = self.model_path
+        return kw
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines the output of ``agr-batch run``.
+
+    Attributes:
+        inputs: Video files, image files and directories.
+        out: Stats table path.
+        model: Checkpoint path.
+        faces_out: Optional per-face table path.
+        sample_fps: Frames sampled per second of video (by presentation time).
+        keyframes_only: Decode keyframes alone (fast scans).
+        window_s: Aggregation window in seconds.
+        detector: Detector configuration.
+        batch_size: Faces per classifier call.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        backend: Classifier backend name (``auto`` picks one).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        cache_dir: Compiled-engine cache folder (default ``~/.cache/agr-batch``).
+        queue_size: Bound of each inter-stage queue, in frames.
+    """
+
+    inputs: tuple[str, ...]
+    out: Path
+    model: Path
+    faces_out: Path | None = None
+    sample_fps: float = 2.0
+    keyframes_only: bool = False
+    window_s: float = 60.0
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    batch_size: int = 64
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "auto"
+    cache_dir: Path | None = None
+    queue_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("no inputs given")
+        if self.sample_fps < 0:
+            raise ValueError(f"--sample-fps must be >= 0 (0 = every frame), got {self.sample_fps}")
+        if self.window_s <= 0:
+            raise ValueError(f"--window must be > 0 seconds, got {self.window_s}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue size must be >= 1, got {self.queue_size}")
+        if self.faces_out is not None and Path(self.faces_out) == Path(self.out):
+            raise ValueError("--faces and --out must be different files")
+
+    def to_metadata(self, **resolved: Any) -> dict[str, Any]:
+        """The configuration as JSON-ready data, plus values resolved at run time."""
+        data = _plain(dataclasses.asdict(self))
+        data["tool"] = "agr-batch"
+        data["tool_version"] = __version__
+        data["python"] = platform.python_version()
+        data.update(_plain(resolved))
+        return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

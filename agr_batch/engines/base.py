@@ -1,0 +1,139 @@
+"""The engine contract and the helpers every backend shares."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from agr_batch.models import HeadLogits
+from agr_batch.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+"""Largest batch every compiled engine accepts (the exported batch dimension is 1..256)."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (missing library or device)."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a backend needs to build (or load from cache) an engine.
+
+    Attributes:
+        model: The checkpoint's model, in eval mode.
+        input_size: (H, W) chips fed to the model.
+        device: Where the engine runs.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        checkpoint_sha256: File hash of the checkpoint (part of every cache key).
+        cache: Engine cache for backends that compile ahead of time.
+        max_batch: Largest batch the engine must accept.
+        opt_batch: Batch size to optimise for (the run's ``--batch-size``).
+    """
+
+    model: nn.Module
+    input_size: tuple[int, int]
+    device: torch.device
+    precision: str
+    checkpoint_sha256: str
+    cache: Any = None
+    max_batch: int = MAX_BATCH
+    opt_batch: int = 64
+
+
+@dataclass
+class Engine:
+    """A callable classifier: normalised float32 (B, 3, H, W) → float32 :class:`HeadLogits`.
+
+    Attributes:
+        name: Backend name.
+        precision: Compute precision.
+        fn: The underlying callable (may return a tuple of three tensors).
+        pad_sizes: Batch sizes inputs are padded up to (empty: no padding), so engines built
+            for fixed shapes never see a new one.
+        details: Facts worth logging (cache path, build time, ...).
+    """
+
+    name: str
+    precision: str
+    fn: Callable[[torch.Tensor], Sequence[torch.Tensor]]
+    pad_sizes: tuple[int, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: torch.Tensor) -> HeadLogits:
+        """Classify ``x``, padding the batch when the engine wants fixed sizes."""
+        n = x.shape[0]
+        target = next((s for s in self.pad_sizes if s >= n), n)
+        if target != n:
+            pad = x.new_zeros((target - n, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        out = self.fn(x)
+        return HeadLogits(*(o[:n].float() for o in out))
+
+
+BACKENDS: Registry[Engine] = Registry("backend")
+
+
+def pad_sizes_for(max_batch: int) -> tuple[int, ...]:
+    """Powers of two from 8 up to ``max_batch`` (and ``max_batch`` itself)."""
+    sizes = [8]
+    while sizes[-1] < max_batch:
+        sizes.append(min(sizes[-1] * 2, max_batch))
+    return tuple(sizes)
+
+
+class PrecisionWrapper(nn.Module):
+    """Runs ``model`` in channels_last with autocast to ``dtype``; returns float32 logits.
+
+    This is the module exported by the ahead-of-time backends, so the cast is part of the
+    compiled graph.
+    """
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Classify ``x``; logits come back as float32."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            out = self.model(x)
+        else:
+            with torch.autocast(self.device_type, dtype=self.dtype):
+                out = self.model(x)
+        return out[0].float(), out[1].float(), out[2].float()
+
+
+def export_dynamic_batch(module: nn.Module, ctx: BuildContext) -> torch.export.ExportedProgram:
+    """``torch.export`` ``module`` with a dynamic batch dimension 1..``ctx.max_batch``."""
+    h, w = ctx.input_size
+    example = torch.randn(2, 3, h, w, device=ctx.device)
+    batch = Dim("batch", min=1, max=ctx.max_batch)
+    with torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+
+
+def cache_fields(ctx: BuildContext, backend: str) -> dict[str, Any]:
+    """The cache key fields of an engine built from ``ctx`` by ``backend``."""
+    from agr_batch.engines.cache import device_name, library_versions
+
+    return {
+        "checkpoint_sha256": ctx.checkpoint_sha256,
+        "backend": backend,
+        "precision": ctx.precision,
+        "batch_range": [1, ctx.max_batch],
+        "opt_batch": ctx.opt_batch,
+        "input_size": list(ctx.input_size),
+        "device": device_name(ctx.device),
+        "versions": library_versions(),
+    }

@@ -1,0 +1,484 @@
+"""The pipelined runner: owns the threads and bounded queues between the stages.
+
+Decoding, detection + alignment and classification run on three threads connected by
+bounded queues, so they overlap (PyAV, onnxruntime and torch release the GIL) while memory
+stays bounded by the queue sizes whatever a video's length. Model calls stay on the calling
+thread. Each stage lives in its own module; this one only moves records between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table
+from agr_batch.align import align_faces
+from agr_batch.checkpoint import load_checkpoint
+from agr_batch.classify import Classifier, resolve_device
+from agr_batch.config import RunConfig
+from agr_batch.detect import Detector, create_detector
+from agr_batch.engines import build_engine
+from agr_batch.preprocess import PreprocessSpec
+from agr_batch.records import Detections, FaceBatch, Frame, Predictions
+from agr_batch.sinks import ParquetStreamWriter, write_table
+from agr_batch.sources import MediaFile, SourceError, discover, frames, probe
+
+log = logging.getLogger(__name__)
+
+ErrorCallback = Callable[[str], None]
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent inside each stage (summed over calls; each field has one writer)."""
+
+    decode: float = 0.0
+    detect: float = 0.0
+    align: float = 0.0
+    classify: float = 0.0
+    write: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Rounded values by stage name."""
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class RunSummary:
+    """What a run did; the CLI prints it and ``--json`` emits it."""
+
+    files_ok: int = 0
+    files_failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    faces: int = 0
+    wall_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    stage_s: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    backend: str = ""
+    device: str = ""
+
+    @property
+    def frames_per_s(self) -> float:
+        """Sampled frames processed per wall-clock second."""
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = dict(self.__dict__)
+        d["frames_per_s"] = round(self.frames_per_s, 2)
+        d["wall_s"] = round(self.wall_s, 3)
+        return d
+
+
+# Messages between the stages.
+@dataclass(frozen=True)
+class _SourceStart:
+    media: MediaFile
+
+
+@dataclass(frozen=True)
+class _SourceEnd:
+    media: MediaFile
+    frames: int
+    duration_s: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Detected:
+    media: MediaFile
+    frame_index: int
+    time_s: float
+    start_time: Any
+    detections: Detections
+    chips: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _FrameItem:
+    media: MediaFile
+    frame: Frame
+
+
+@dataclass(frozen=True)
+class _FrameFailed:
+    media: MediaFile
+    error: str
+
+
+@dataclass(frozen=True)
+class _Crashed:
+    stage: str
+    exc: BaseException
+
+
+_DONE = object()
+
+
+class _CancelledError(Exception):
+    pass
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _CancelledError
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _CancelledError
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def _timed(it: Iterator[Frame], times: StageTimes) -> Iterator[Frame]:
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            times.decode += time.perf_counter() - t0
+            return
+        times.decode += time.perf_counter() - t0
+        yield item
+
+
+def _decode_worker(
+    media: tuple[MediaFile, ...],
+    config: RunConfig,
+    out: queue.Queue[Any],
+    stop: threading.Event,
+    times: StageTimes,
+) -> None:
+    try:
+        for m in media:
+            _put(out, _SourceStart(m), stop)
+            count, error = 0, None
+            duration: float | None = None
+            try:
+                if m.kind == "video":
+                    duration = probe(m.path).duration_s
+                it = frames(m, sample_fps=config.sample_fps, keyframes_only=config.keyframes_only)
+                for frame in _timed(iter(it), times):
+                    _put(out, _FrameItem(m, frame), stop)
+                    count += 1
+            except SourceError as e:
+                error = str(e)
+            except _CancelledError:
+                raise
+            except Exception as e:  # a decoder bug must not stop the batch
+                error = f"{m.path}: cannot decode ({type(e).__name__}: {e})".splitlines()[0]
+            _put(out, _SourceEnd(m, count, duration, error), stop)
+        _put(out, _DONE, stop)
+    except _CancelledError:
+        return
+    except BaseException as e:
+        stop.set()
+        out.put(_Crashed("decode", e))
+
+
+def _detect_worker(
+    detector: Detector,
+    spec: PreprocessSpec,
+    inp: queue.Queue[Any],
+    out: queue.Queue[Any],
+    stop: threading.Event,
+    times: StageTimes,
+) -> None:
+    try:
+        while True:
+            msg = _get(inp, stop)
+            if isinstance(msg, _FrameItem):
+                media, item = msg.media, msg.frame
+                try:
+                    t0 = time.perf_counter()
+                    dets = detector.detect([item.image])[0]
+                    t1 = time.perf_counter()
+                    chips = align_faces(item.image, dets.landmarks, spec)
+                    times.detect += t1 - t0
+                    times.align += time.perf_counter() - t1
+                except Exception as e:
+                    msg = f"{item.source}: face detection failed at {item.time_s:.2f} s ({e})"
+                    _put(out, _FrameFailed(media, msg.splitlines()[0]), stop)
+                    continue
+                _put(
+                    out,
+                    _Detected(media, item.frame_index, item.time_s, item.start_time, dets, chips),
+                    stop,
+                )
+            else:
+                _put(out, msg, stop)
+                if msg is _DONE or isinstance(msg, _Crashed):
+                    return
+    except _CancelledError:
+        return
+    except BaseException as e:
+        stop.set()
+        out.put(_Crashed("detect", e))
+
+
+class _Batcher:
+    """Collects detected faces across frames and files; classifies them in batches."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        aggregator: StatsAggregator,
+        faces_writer: ParquetStreamWriter | None,
+        times: StageTimes,
+    ) -> None:
+        self.classifier = classifier
+        self.aggregator = aggregator
+        self.faces_writer = faces_writer
+        self.times = times
+        self.pending: list[_Detected] = []
+        self.pending_faces = 0
+        self.faces = 0
+
+    def add(self, item: _Detected) -> None:
+        if len(item.detections):
+            self.pending.append(item)
+            self.pending_faces += len(item.detections)
+            if self.pending_faces >= self.classifier.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        preds = self.classifier.predict(np.concatenate([p.chips for p in self.pending]))
+        t1 = time.perf_counter()
+        self.times.classify += t1 - t0
+        offset = 0
+        # Consecutive frames of one source become one FaceBatch.
+        groups: list[list[_Detected]] = []
+        for p in self.pending:
+            if groups and groups[-1][0].media.path == p.media.path:
+                groups[-1].append(p)
+            else:
+                groups.append([p])
+        for group in groups:
+            n = sum(len(p.detections) for p in group)
+            sl = slice(offset, offset + n)
+            offset += n
+            batch = FaceBatch(
+                source=str(group[0].media.path),
+                kind=group[0].media.kind,
+                frame_index=np.concatenate(
+                    [np.full(len(p.detections), p.frame_index, np.int64) for p in group]
+                ),
+                time_s=np.concatenate(
+                    [np.full(len(p.detections), p.time_s, np.float64) for p in group]
+                ),
+                boxes=np.concatenate([p.detections.boxes for p in group]),
+                det_scores=np.concatenate([p.detections.scores for p in group]),
+                predictions=Predictions(preds.age[sl], preds.gender[sl], preds.race[sl]),
+                start_time=group[0].start_time,
+            )
+            self.aggregator.add(batch)
+            if self.faces_writer is not None:
+                self.faces_writer.write(faces_table(batch, self.classifier.labels))
+        self.faces += offset
+        self.pending.clear()
+        self.pending_faces = 0
+        self.times.write += time.perf_counter() - t1
+
+
+class _Progress:
+    """A tqdm bar per video and one for all images; silent when disabled."""
+
+    def __init__(self, enabled: bool, total_images: int) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.images_bar: Any = None
+        self.total_images = total_images
+
+    def start(self, media: MediaFile) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if media.kind == "image":
+            if self.images_bar is None:
+                self.images_bar = tqdm(
+                    total=self.total_images, desc="images", unit="img", leave=False
+                )
+        else:
+            self.bar = tqdm(desc=media.path.name[-40:], unit="frame", leave=False)
+
+    def frame(self, media: MediaFile) -> None:
+        if media.kind == "image" and self.images_bar is not None:
+            self.images_bar.update(1)
+        elif self.bar is not None:
+            self.bar.update(1)
+
+    def end(self, media: MediaFile) -> None:
+        if media.kind == "video" and self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        for b in (self.bar, self.images_bar):
+            if b is not None:
+                b.close()
+
+
+def _default_on_error(message: str) -> None:
+    log.error("%s", message)
+
+
+def run(
+    config: RunConfig,
+    *,
+    progress: bool = False,
+    on_error: ErrorCallback = _default_on_error,
+) -> RunSummary:
+    """Process ``config.inputs`` and write the stats (and optional faces) tables.
+
+    Bad inputs are reported through ``on_error`` (one line naming the file and the reason)
+    and counted; processing goes on with the rest.
+
+    Raises:
+        agr_batch.checkpoint.CheckpointError: If the model cannot be loaded.
+        ValueError: For an unusable device or detector configuration.
+    """
+    t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    ckpt = load_checkpoint(config.model, device=device)
+    spec = ckpt.meta.preprocess
+    engine = build_engine(
+        config.backend,
+        ckpt.model,
+        input_size=spec.input_size,
+        device=device,
+        checkpoint_sha256=ckpt.file_sha256,
+        precision=config.precision,
+        cache_dir=config.cache_dir,
+        opt_batch=config.batch_size,
+    )
+    classifier = Classifier(ckpt, device=device, batch_size=config.batch_size, forward=engine)
+    detector = create_detector(config.detector.name, **config.detector.kwargs())
+    found = discover(config.inputs)
+    summary = RunSummary(backend=f"{engine.name} {engine.precision}", device=str(device))
+    problems = [f"{p}: no such file or directory" for p in found.missing]
+    problems += [f"{p}: {reason}" for p, reason in found.errors]
+    for err in problems:
+        on_error(err)
+        summary.failures.append(err)
+        summary.files_failed += 1
+    summary.skipped = len(found.skipped)
+    if found.skipped:
+        log.info("skipped %d non-media files", len(found.skipped))
+
+    metadata = config.to_metadata(
+        checkpoint_sha256=ckpt.file_sha256,
+        arch=ckpt.meta.arch,
+        labels={h: list(v) for h, v in ckpt.meta.labels.items()},
+        preprocess=spec.to_dict(),
+        detector_resolved=detector.config(),
+        device=str(device),
+        backend_resolved=engine.name,
+        precision_resolved=engine.precision,
+    )
+    aggregator = StatsAggregator(ckpt.meta.labels, window_s=config.window_s)
+    times = StageTimes()
+    stop = threading.Event()
+    q_frames: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+    q_detected: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+    n_images = sum(1 for m in found.media if m.kind == "image")
+    bars = _Progress(progress, n_images)
+    threads = [
+        threading.Thread(
+            target=_decode_worker,
+            args=(found.media, config, q_frames, stop, times),
+            name="agr-decode",
+            daemon=True,
+        ),
+        threading.Thread(
+            target=_detect_worker,
+            args=(detector, spec, q_frames, q_detected, stop, times),
+            name="agr-detect",
+            daemon=True,
+        ),
+    ]
+    faces_writer = (
+        ParquetStreamWriter(config.faces_out, FACES_SCHEMA, metadata=metadata)
+        if config.faces_out is not None
+        else None
+    )
+    failed_sources: set[Path] = set()
+    try:
+        if faces_writer is not None:
+            faces_writer.__enter__()
+        batcher = _Batcher(classifier, aggregator, faces_writer, times)
+        for t in threads:
+            t.start()
+        while True:
+            item = q_detected.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Crashed):
+                raise RuntimeError(f"{item.stage} stage crashed: {item.exc!r}") from item.exc
+            if isinstance(item, _SourceStart):
+                bars.start(item.media)
+            elif isinstance(item, _Detected):
+                summary.frames += 1
+                bars.frame(item.media)
+                batcher.add(item)
+            elif isinstance(item, _FrameFailed):
+                if item.media.path not in failed_sources:
+                    failed_sources.add(item.media.path)
+                    on_error(item.error)
+                    summary.failures.append(item.error)
+            elif isinstance(item, _SourceEnd):
+                bars.end(item.media)
+                aggregator.finish_source(str(item.media.path), duration_s=item.duration_s)
+                if item.error is not None and item.media.path not in failed_sources:
+                    failed_sources.add(item.media.path)
+                    on_error(item.error)
+                    summary.failures.append(item.error)
+        batcher.flush()
+        summary.faces = batcher.faces
+        t_w = time.perf_counter()
+        write_table(config.out, aggregator.table(), metadata=metadata)
+        times.write += time.perf_counter() - t_w
+    except BaseException as e:
+        stop.set()
+        if faces_writer is not None:
+            faces_writer.__exit__(type(e), e, e.__traceback__)
+        raise
+    else:
+        if faces_writer is not None:
+            faces_writer.__exit__(None, None, None)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+        bars.close()
+    summary.files_failed += len(failed_sources)
+    summary.files_ok = len(found.media) - len(failed_sources)
+    summary.wall_s = time.perf_counter() - t_start
+    summary.stage_s = times.as_dict()
+    summary.outputs = {"stats": str(config.out)}
+    if config.faces_out is not None:
+        summary.outputs["faces"] = str(config.faces_out)
+    return summary

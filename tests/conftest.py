@@ -1,0 +1,65 @@
+"""Shared fixtures: real face photos, generated media and a loaded detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import media
+
+
+@pytest.fixture(scope="session")
+def t1_rgb() -> np.ndarray:
+    """insightface's ``t1.jpg``: six faces, 1280 x 886."""
+    return media.load_rgb("t1.jpg")
+
+
+@pytest.fixture(scope="session")
+def hanks_rgb() -> np.ndarray:
+    """insightface's ``Tom_Hanks_54745.png``: one face, 112 x 112."""
+    return media.load_rgb("Tom_Hanks_54745.png")
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide folder for generated media."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def clip_3s(media_dir: Path, t1_rgb: np.ndarray) -> media.WrittenVideo:
+    """3 s of 320 x 240 H.264 at 30 fps with a creation time, keyframe every 10 frames."""
+    return media.make_video(
+        media_dir / "clip_3s.mp4",
+        [t1_rgb],
+        fps=30,
+        seconds=3,
+        size=(320, 240),
+        gop=10,
+        creation_time="2024-05-06T07:08:09.250000Z",
+    )
+
+
+@pytest.fixture(scope="session")
+def noisy_clip(media_dir: Path) -> media.WrittenVideo:
+    """3 s of moving noise (large packets), MP4 with the index first (truncatable)."""
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    return media.make_video(
+        media_dir / "noisy.mp4", [noise], seconds=3, size=(320, 240), pan=True, faststart=True
+    )
+
+
+@pytest.fixture(scope="session")
+def centerface():  # type: ignore[no-untyped-def]
+    """The default detector, loaded once (2 threads: the CPU is shared)."""
+    from agr_batch.detect import create_detector
+
+    return create_detector("centerface", threads=2)
+
+
+@pytest.fixture(scope="session")
+def t1_detections(centerface, t1_rgb):  # type: ignore[no-untyped-def]
+    """CenterFace's detections on ``t1.jpg``."""
+    return centerface.detect([t1_rgb])[0]
