@@ -12,9 +12,14 @@ window_end float64                 window end (clipped to the video's duration);
 age        string                  FairFace age bin (argmax of the age head)
 gender     string                  FairFace gender
 race       string                  FairFace race group
-faces      int64                   faces in the cell
+faces      int64                   faces (detections) in the cell
+visitors   int64                   people (tracks) whose voted labels fall in the cell,
+                                   counted once, in the window where the track starts
 start_time timestamp[us, UTC]      absolute time of the window's start, null if unknown
 ========== ======================= =====================================================
+
+A row exists when ``faces`` or ``visitors`` is non-zero. The per-face table (``--faces``)
+and the per-track table (``--tracks``) are documented in the README.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from agr_batch.labels import HEADS
-from agr_batch.records import FaceBatch
+from agr_batch.records import Predictions, TrackResult
 
 STATS_SCHEMA = pa.schema(
     [
@@ -39,6 +44,7 @@ STATS_SCHEMA = pa.schema(
         ("gender", pa.string()),
         ("race", pa.string()),
         ("faces", pa.int64()),
+        ("visitors", pa.int64()),
         ("start_time", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -48,6 +54,7 @@ FACES_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("time_s", pa.float64()),
         ("frame_index", pa.int64()),
+        ("track_id", pa.int64()),
         ("x1", pa.float32()),
         ("y1", pa.float32()),
         ("x2", pa.float32()),
@@ -62,40 +69,98 @@ FACES_SCHEMA = pa.schema(
         ("age_probs", pa.list_(pa.float32())),
         ("gender_probs", pa.list_(pa.float32())),
         ("race_probs", pa.list_(pa.float32())),
+        ("classified", pa.bool_()),
+    ]
+)
+
+TRACKS_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("track_id", pa.int64()),
+        ("first_time_s", pa.float64()),
+        ("last_time_s", pa.float64()),
+        ("dwell_s", pa.float64()),
+        ("faces", pa.int64()),
+        ("classified_faces", pa.int64()),
+        ("age", pa.string()),
+        ("gender", pa.string()),
+        ("race", pa.string()),
+        ("age_prob", pa.float32()),
+        ("gender_prob", pa.float32()),
+        ("race_prob", pa.float32()),
+        ("age_probs", pa.list_(pa.float32())),
+        ("gender_probs", pa.list_(pa.float32())),
+        ("race_probs", pa.list_(pa.float32())),
+        ("start_time", pa.timestamp("us", tz="UTC")),
     ]
 )
 
 
-def _argmax(batch: FaceBatch) -> dict[str, np.ndarray]:
-    return {h: getattr(batch.predictions, h).argmax(axis=1) for h in HEADS}
+def _list_column(probs: np.ndarray) -> pa.ListArray:
+    n, k = probs.shape
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1)))
 
 
-def faces_table(batch: FaceBatch, labels: Mapping[str, tuple[str, ...]]) -> pa.Table:
-    """One row per face: position, detection score, labels and probabilities. No pixels."""
-    idx = _argmax(batch)
-    cols: dict[str, pa.Array] = {
-        "source": pa.array([batch.source] * len(batch), pa.string()),
-        "time_s": pa.array(batch.time_s),
-        "frame_index": pa.array(batch.frame_index),
-        "x1": pa.array(batch.boxes[:, 0]),
-        "y1": pa.array(batch.boxes[:, 1]),
-        "x2": pa.array(batch.boxes[:, 2]),
-        "y2": pa.array(batch.boxes[:, 3]),
-        "det_score": pa.array(batch.det_scores),
-    }
+def _label_columns(
+    preds: Predictions, labels: Mapping[str, tuple[str, ...]]
+) -> dict[str, pa.Array]:
+    """``age``/``gender``/``race`` names, the winning probabilities and the full vectors."""
+    cols: dict[str, pa.Array] = {}
+    n = len(preds)
+    idx = {h: getattr(preds, h).argmax(axis=1) for h in HEADS}
     for h in HEADS:
         names = np.asarray(labels[h], dtype=object)
-        cols[h] = pa.array(names[idx[h]].tolist() if len(batch) else [], pa.string())
+        cols[h] = pa.array(names[idx[h]].tolist() if n else [], pa.string())
     for h in HEADS:
-        probs = getattr(batch.predictions, h)
-        cols[f"{h}_prob"] = pa.array(probs[np.arange(len(batch)), idx[h]])
+        cols[f"{h}_prob"] = pa.array(getattr(preds, h)[np.arange(n), idx[h]])
     for h in HEADS:
-        probs = getattr(batch.predictions, h)
-        k = probs.shape[1]
-        flat = pa.array(probs.reshape(-1))
-        offsets = pa.array(np.arange(0, len(batch) * k + 1, k, dtype=np.int32))
-        cols[f"{h}_probs"] = pa.ListArray.from_arrays(offsets, flat)
+        cols[f"{h}_probs"] = _list_column(getattr(preds, h))
+    return cols
+
+
+def faces_table(track: TrackResult, labels: Mapping[str, tuple[str, ...]]) -> pa.Table:
+    """One row per face of ``track``: position, detection score, labels. No pixels."""
+    n = len(track)
+    cols: dict[str, pa.Array] = {
+        "source": pa.array([track.source] * n, pa.string()),
+        "time_s": pa.array(track.time_s),
+        "frame_index": pa.array(track.frame_index),
+        "track_id": pa.array(np.full(n, track.track_id, np.int64)),
+        "x1": pa.array(track.boxes[:, 0]),
+        "y1": pa.array(track.boxes[:, 1]),
+        "x2": pa.array(track.boxes[:, 2]),
+        "y2": pa.array(track.boxes[:, 3]),
+        "det_score": pa.array(track.det_scores),
+    }
+    cols.update(_label_columns(track.face_predictions, labels))
+    cols["classified"] = pa.array(track.classified)
     return pa.table(cols, schema=FACES_SCHEMA)
+
+
+def tracks_table(tracks: list[TrackResult], labels: Mapping[str, tuple[str, ...]]) -> pa.Table:
+    """One row per track (person): times, dwell, face counts, voted labels."""
+    if not tracks:
+        return TRACKS_SCHEMA.empty_table()
+    votes = Predictions(*(np.concatenate([getattr(t.vote, h) for t in tracks]) for h in HEADS))
+    cols: dict[str, pa.Array] = {
+        "source": pa.array([t.source for t in tracks], pa.string()),
+        "track_id": pa.array([t.track_id for t in tracks], pa.int64()),
+        "first_time_s": pa.array([t.first_time for t in tracks], pa.float64()),
+        "last_time_s": pa.array([t.last_time for t in tracks], pa.float64()),
+        "dwell_s": pa.array([t.last_time - t.first_time for t in tracks], pa.float64()),
+        "faces": pa.array([len(t) for t in tracks], pa.int64()),
+        "classified_faces": pa.array([int(t.classified.sum()) for t in tracks], pa.int64()),
+    }
+    cols.update(_label_columns(votes, labels))
+    cols["start_time"] = pa.array(
+        [
+            None if t.start_time is None else t.start_time + dt.timedelta(seconds=t.first_time)
+            for t in tracks
+        ],
+        pa.timestamp("us", tz="UTC"),
+    )
+    return pa.table(cols, schema=TRACKS_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -106,7 +171,7 @@ class _SourceInfo:
 
 
 class StatsAggregator:
-    """Counts faces per (source, window, age, gender, race) cell.
+    """Counts faces and visitors per (source, window, age, gender, race) cell.
 
     Args:
         labels: Class names per head (from the checkpoint).
@@ -118,33 +183,37 @@ class StatsAggregator:
             raise ValueError(f"window must be > 0 seconds, got {window_s}")
         self.labels = {h: tuple(labels[h]) for h in HEADS}
         self.window_s = float(window_s)
-        self._counts: Counter[tuple[str, int, int, int, int]] = Counter()
+        self._faces: Counter[tuple[str, int, int, int, int]] = Counter()
+        self._visitors: Counter[tuple[str, int, int, int, int]] = Counter()
         self._sources: dict[str, _SourceInfo] = {}
 
     def reset(self) -> None:
         """Forget everything counted so far."""
-        self._counts.clear()
+        self._faces.clear()
+        self._visitors.clear()
         self._sources.clear()
 
-    def add(self, batch: FaceBatch) -> None:
-        """Count the faces of ``batch``."""
-        self._sources.setdefault(batch.source, _SourceInfo(batch.kind, batch.start_time, None))
-        if not len(batch):
-            return
-        idx = _argmax(batch)
-        windows = (
-            np.zeros(len(batch), np.int64)
-            if batch.kind == "image"
-            else np.floor(batch.time_s / self.window_s).astype(np.int64)
+    def _windows(self, kind: str, times: np.ndarray) -> np.ndarray:
+        if kind == "image":
+            return np.zeros(len(times), np.int64)
+        return np.floor(times / self.window_s).astype(np.int64)
+
+    def add_source(self, source: str, kind: str, start_time: dt.datetime | None) -> None:
+        """Register a source (so its windows get their times even before faces arrive)."""
+        self._sources.setdefault(source, _SourceInfo(kind, start_time, None))
+
+    def add(self, track: TrackResult) -> None:
+        """Count the faces of ``track`` and the track itself as one visitor."""
+        self.add_source(track.source, track.kind, track.start_time)
+        preds = track.face_predictions
+        idx = [getattr(preds, h).argmax(axis=1).tolist() for h in HEADS]
+        windows = self._windows(track.kind, track.time_s).tolist()
+        self._faces.update(
+            (track.source, w, a, g, r) for w, a, g, r in zip(windows, *idx, strict=True)
         )
-        keys = zip(
-            windows.tolist(),
-            idx["age"].tolist(),
-            idx["gender"].tolist(),
-            idx["race"].tolist(),
-            strict=True,
-        )
-        self._counts.update((batch.source, w, a, g, r) for w, a, g, r in keys)
+        first = self._windows(track.kind, np.array([track.first_time]))[0]
+        a, g, r = (int(getattr(track.vote, h)[0].argmax()) for h in HEADS)
+        self._visitors[(track.source, int(first), a, g, r)] += 1
 
     def finish_source(self, source: str, *, duration_s: float | None) -> None:
         """Record a source's duration so its last window ends where the video does."""
@@ -155,13 +224,19 @@ class StatsAggregator:
     @property
     def total_faces(self) -> int:
         """Faces counted over all cells."""
-        return sum(self._counts.values())
+        return sum(self._faces.values())
+
+    @property
+    def total_visitors(self) -> int:
+        """Visitors counted over all cells."""
+        return sum(self._visitors.values())
 
     def table(self) -> pa.Table:
         """The stats table, sorted by source, window and label indices."""
-        rows = sorted(self._counts.items())
+        keys = sorted(set(self._faces) | set(self._visitors))
         cols: dict[str, list] = {name: [] for name in STATS_SCHEMA.names}
-        for (source, w, a, g, r), n in rows:
+        for key in keys:
+            source, w, a, g, r = key
             info = self._sources[source]
             if info.kind == "image":
                 start, end = 0.0, 0.0
@@ -176,7 +251,8 @@ class StatsAggregator:
             cols["age"].append(self.labels["age"][a])
             cols["gender"].append(self.labels["gender"][g])
             cols["race"].append(self.labels["race"][r])
-            cols["faces"].append(n)
+            cols["faces"].append(self._faces.get(key, 0))
+            cols["visitors"].append(self._visitors.get(key, 0))
             cols["start_time"].append(
                 None if info.start_time is None else info.start_time + dt.timedelta(seconds=start)
             )

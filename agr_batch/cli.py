@@ -113,6 +113,23 @@ NO_MODEL_HELP = (
     type=click.Path(file_okay=False),
     help="Compiled-engine cache (default ~/.cache/agr-batch).",
 )
+@click.option(
+    "--tracks", "tracks_out", type=click.Path(dir_okay=False), help="Also write a per-track table."
+)
+@click.option("--best-k", default=3, show_default=True, help="Best faces classified per track.")
+@click.option(
+    "--refresh-every",
+    default=20,
+    show_default=True,
+    help="Classify a fresh face each time a track grows by this many faces.",
+)
+@click.option("--per-face", is_flag=True, help="Classify every face instead of voting per track.")
+@click.option(
+    "--max-gap",
+    default=3.0,
+    show_default=True,
+    help="Seconds a track may go unseen before it ends.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
@@ -134,6 +151,11 @@ def run(
     backend: str,
     precision: str,
     cache_dir: str | None,
+    tracks_out: str | None,
+    best_k: int,
+    refresh_every: int,
+    per_face: bool,
+    max_gap: float,
     quiet: bool,
     as_json: bool,
     verbose: int,
@@ -144,6 +166,8 @@ def run(
     from agr_batch.engines import BackendUnavailableError
     from agr_batch.registry import RegistryError
     from agr_batch.runner import run as run_pipeline
+    from agr_batch.track import TrackerConfig
+    from agr_batch.vote import VoteConfig
 
     _setup_logging(verbose, quiet or as_json)
     if not model:
@@ -169,6 +193,9 @@ def run(
             backend=backend,
             precision=precision,
             cache_dir=Path(cache_dir) if cache_dir else None,
+            tracks_out=Path(tracks_out) if tracks_out else None,
+            tracker=TrackerConfig(max_gap_s=max_gap),
+            vote=VoteConfig(best_k=best_k, refresh_every=refresh_every, per_face=per_face),
         )
         summary = run_pipeline(
             config,
@@ -247,7 +274,8 @@ def format_summary(summary: RunSummary) -> str:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_s.items())
     lines = [
         f"files: {summary.files_ok} ok, {summary.files_failed} failed, {summary.skipped} skipped",
-        f"frames: {summary.frames}, faces: {summary.faces}, wall {summary.wall_s:.1f}s "
+        f"frames: {summary.frames}, faces: {summary.faces} ({summary.classified_faces} "
+        f"classified), visitors: {summary.visitors}, wall {summary.wall_s:.1f}s "
         f"({summary.frames_per_s:.1f} frames/s) on {summary.device}",
         f"stage time: {stages}",
         "wrote: " + ", ".join(f"{k} {v}" for k, v in summary.outputs.items()),

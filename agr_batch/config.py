@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from agr_batch import __version__
+from agr_batch.track import TrackerConfig
+from agr_batch.vote import VoteConfig
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class RunConfig:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         cache_dir: Compiled-engine cache folder (default ``~/.cache/agr-batch``).
         queue_size: Bound of each inter-stage queue, in frames.
+        tracks_out: Optional per-track table path.
+        tracker: Face tracker thresholds.
+        vote: Which faces of each track are classified.
     """
 
     inputs: tuple[str, ...]
@@ -89,6 +94,9 @@ class RunConfig:
     precision: str = "auto"
     cache_dir: Path | None = None
     queue_size: int = 8
+    tracks_out: Path | None = None
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    vote: VoteConfig = field(default_factory=VoteConfig)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -101,8 +109,9 @@ class RunConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.queue_size < 1:
             raise ValueError(f"queue size must be >= 1, got {self.queue_size}")
-        if self.faces_out is not None and Path(self.faces_out) == Path(self.out):
-            raise ValueError("--faces and --out must be different files")
+        outs = [Path(p) for p in (self.out, self.faces_out, self.tracks_out) if p is not None]
+        if len(set(outs)) != len(outs):
+            raise ValueError("--out, --faces and --tracks must be different files")
 
     def to_metadata(self, **resolved: Any) -> dict[str, Any]:
         """The configuration as JSON-ready data, plus values resolved at run time."""

@@ -133,37 +133,57 @@ class Predictions:
 
 
 @dataclass(frozen=True, eq=False)
-class FaceBatch:
-    """Classified faces from one source, column-wise.
+class TrackResult:
+    """A closed track (one person) with its faces and voted probabilities.
 
     Attributes:
-        source: The input file's path, as a string.
+        source: Input file path.
         kind: ``video`` or ``image``.
-        frame_index: (N,) int64 frame index of each face.
-        time_s: (N,) float64 seconds from the source's start.
-        boxes: (N, 4) float32 x1, y1, x2, y2 in frame pixels.
-        det_scores: (N,) float32 detection scores.
-        predictions: Probabilities per head.
-        start_time: Absolute time of the source's start, when known.
+        start_time: Absolute start of the source, when known.
+        track_id: Id unique within the source.
+        frame_index: (N,) int64.
+        time_s: (N,) float64.
+        boxes: (N, 4) float32.
+        det_scores: (N,) float32.
+        face_predictions: Per-face probabilities (the track's vote for every face, or each
+            face's own prediction in per-face mode).
+        classified: (N,) bool, whether the face itself went through the classifier.
+        vote: The track's mean probabilities, (1, K) per head.
     """
 
     source: str
     kind: str
+    start_time: dt.datetime | None
+    track_id: int
     frame_index: np.ndarray
     time_s: np.ndarray
     boxes: np.ndarray
     det_scores: np.ndarray
-    predictions: Predictions
-    start_time: dt.datetime | None = None
+    face_predictions: Predictions
+    classified: np.ndarray
+    vote: Predictions
 
     def __post_init__(self) -> None:
         if self.kind not in ("video", "image"):
-            raise ValueError(f"FaceBatch.kind: expected 'video' or 'image', got {self.kind!r}")
-        n = len(self.predictions)
-        _check("FaceBatch.frame_index", self.frame_index, (n,), np.int64)
-        _check("FaceBatch.time_s", self.time_s, (n,), np.float64)
-        _check("FaceBatch.boxes", self.boxes, (n, 4), np.float32)
-        _check("FaceBatch.det_scores", self.det_scores, (n,), np.float32)
+            raise ValueError(f"TrackResult.kind: expected 'video' or 'image', got {self.kind!r}")
+        n = len(self.face_predictions)
+        _check("TrackResult.frame_index", self.frame_index, (n,), np.int64)
+        _check("TrackResult.time_s", self.time_s, (n,), np.float64)
+        _check("TrackResult.boxes", self.boxes, (n, 4), np.float32)
+        _check("TrackResult.det_scores", self.det_scores, (n,), np.float32)
+        _check("TrackResult.classified", self.classified, (n,), np.bool_)
+        if len(self.vote) != 1:
+            raise ValueError(f"TrackResult.vote: expected 1 row, got {len(self.vote)}")
 
     def __len__(self) -> int:
-        return len(self.predictions)
+        return len(self.face_predictions)
+
+    @property
+    def first_time(self) -> float:
+        """Seconds from the source start when the track was first seen."""
+        return float(self.time_s.min())
+
+    @property
+    def last_time(self) -> float:
+        """Seconds from the source start when the track was last seen."""
+        return float(self.time_s.max())

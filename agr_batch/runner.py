@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table
+from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table, tracks_table
 from agr_batch.align import align_faces
 from agr_batch.checkpoint import load_checkpoint
 from agr_batch.classify import Classifier, resolve_device
@@ -27,9 +27,11 @@ from agr_batch.config import RunConfig
 from agr_batch.detect import Detector, create_detector
 from agr_batch.engines import build_engine
 from agr_batch.preprocess import PreprocessSpec
-from agr_batch.records import Detections, FaceBatch, Frame, Predictions
+from agr_batch.records import Detections, Frame, Predictions, TrackResult
 from agr_batch.sinks import ParquetStreamWriter, write_table
 from agr_batch.sources import MediaFile, SourceError, discover, frames, probe
+from agr_batch.track import Tracker, TrackerConfig
+from agr_batch.vote import TrackVoter
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class StageTimes:
     decode: float = 0.0
     detect: float = 0.0
     align: float = 0.0
+    track: float = 0.0
     classify: float = 0.0
     write: float = 0.0
 
@@ -60,6 +63,8 @@ class RunSummary:
     skipped: int = 0
     frames: int = 0
     faces: int = 0
+    classified_faces: int = 0
+    visitors: int = 0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
     stage_s: dict[str, float] = field(default_factory=dict)
@@ -102,6 +107,14 @@ class _Detected:
     start_time: Any
     detections: Detections
     chips: np.ndarray
+    track_ids: np.ndarray
+    ended: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _TracksEnded:
+    media: MediaFile
+    track_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,14 +212,22 @@ def _decode_worker(
 def _detect_worker(
     detector: Detector,
     spec: PreprocessSpec,
+    tracker_config: TrackerConfig,
     inp: queue.Queue[Any],
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
 ) -> None:
+    tracker = Tracker(tracker_config)
     try:
         while True:
             msg = _get(inp, stop)
+            if isinstance(msg, _SourceStart):
+                tracker = Tracker(tracker_config)
+            elif isinstance(msg, _SourceEnd):
+                ended = tuple(tracker.close_all())
+                if ended:
+                    _put(out, _TracksEnded(msg.media, ended), stop)
             if isinstance(msg, _FrameItem):
                 media, item = msg.media, msg.frame
                 try:
@@ -214,17 +235,28 @@ def _detect_worker(
                     dets = detector.detect([item.image])[0]
                     t1 = time.perf_counter()
                     chips = align_faces(item.image, dets.landmarks, spec)
+                    t2 = time.perf_counter()
+                    # Images are independent: each face is its own track (ids 0..n-1).
+                    track_ids = tracker.update(dets.boxes, dets.scores, item.time_s)
+                    ended = tuple(tracker.pop_ended())
                     times.detect += t1 - t0
-                    times.align += time.perf_counter() - t1
+                    times.align += t2 - t1
+                    times.track += time.perf_counter() - t2
                 except Exception as e:
                     msg = f"{item.source}: face detection failed at {item.time_s:.2f} s ({e})"
                     _put(out, _FrameFailed(media, msg.splitlines()[0]), stop)
                     continue
-                _put(
-                    out,
-                    _Detected(media, item.frame_index, item.time_s, item.start_time, dets, chips),
-                    stop,
+                detected = _Detected(
+                    media,
+                    item.frame_index,
+                    item.time_s,
+                    item.start_time,
+                    dets,
+                    chips,
+                    track_ids,
+                    ended,
                 )
+                _put(out, detected, stop)
             else:
                 _put(out, msg, stop)
                 if msg is _DONE or isinstance(msg, _Crashed):
@@ -236,12 +268,13 @@ def _detect_worker(
         out.put(_Crashed("detect", e))
 
 
-class _Batcher:
-    """Collects detected faces across frames and files; classifies them in batches."""
+class _Collector:
+    """Feeds detected faces to the track voter and finished tracks to the outputs."""
 
     def __init__(
         self,
         classifier: Classifier,
+        config: RunConfig,
         aggregator: StatsAggregator,
         faces_writer: ParquetStreamWriter | None,
         times: StageTimes,
@@ -249,58 +282,59 @@ class _Batcher:
         self.classifier = classifier
         self.aggregator = aggregator
         self.faces_writer = faces_writer
+        self.keep_tracks = config.tracks_out is not None
+        self.tracks: list[TrackResult] = []
         self.times = times
-        self.pending: list[_Detected] = []
-        self.pending_faces = 0
+        self.voter = TrackVoter(
+            self._classify,
+            batch_size=config.batch_size,
+            config=config.vote,
+            chip_side=min(classifier.spec.input_size),
+        )
         self.faces = 0
+        self.visitors = 0
+
+    def _classify(self, chips: np.ndarray) -> Predictions:
+        t0 = time.perf_counter()
+        preds = self.classifier.predict(chips)
+        self.times.classify += time.perf_counter() - t0
+        return preds
 
     def add(self, item: _Detected) -> None:
-        if len(item.detections):
-            self.pending.append(item)
-            self.pending_faces += len(item.detections)
-            if self.pending_faces >= self.classifier.batch_size:
-                self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        t0 = time.perf_counter()
-        preds = self.classifier.predict(np.concatenate([p.chips for p in self.pending]))
-        t1 = time.perf_counter()
-        self.times.classify += t1 - t0
-        offset = 0
-        # Consecutive frames of one source become one FaceBatch.
-        groups: list[list[_Detected]] = []
-        for p in self.pending:
-            if groups and groups[-1][0].media.path == p.media.path:
-                groups[-1].append(p)
-            else:
-                groups.append([p])
-        for group in groups:
-            n = sum(len(p.detections) for p in group)
-            sl = slice(offset, offset + n)
-            offset += n
-            batch = FaceBatch(
-                source=str(group[0].media.path),
-                kind=group[0].media.kind,
-                frame_index=np.concatenate(
-                    [np.full(len(p.detections), p.frame_index, np.int64) for p in group]
-                ),
-                time_s=np.concatenate(
-                    [np.full(len(p.detections), p.time_s, np.float64) for p in group]
-                ),
-                boxes=np.concatenate([p.detections.boxes for p in group]),
-                det_scores=np.concatenate([p.detections.scores for p in group]),
-                predictions=Predictions(preds.age[sl], preds.gender[sl], preds.race[sl]),
-                start_time=group[0].start_time,
+        source = str(item.media.path)
+        for i in range(len(item.detections)):
+            self.voter.add_face(
+                source=source,
+                kind=item.media.kind,
+                start_time=item.start_time,
+                track_id=int(item.track_ids[i]),
+                frame_index=item.frame_index,
+                time_s=item.time_s,
+                box=item.detections.boxes[i],
+                score=float(item.detections.scores[i]),
+                chip=item.chips[i],
             )
-            self.aggregator.add(batch)
+        self.end(item.media, item.ended)
+
+    def end(self, media: MediaFile, track_ids: tuple[int, ...]) -> None:
+        for tid in track_ids:
+            self.voter.end_track(str(media.path), tid)
+        self._emit(self.voter.pop_finished())
+
+    def finish(self) -> None:
+        self._emit(self.voter.finish_all())
+
+    def _emit(self, finished: list[TrackResult]) -> None:
+        t0 = time.perf_counter()
+        for track in finished:
+            self.aggregator.add(track)
+            self.faces += len(track)
+            self.visitors += 1
             if self.faces_writer is not None:
-                self.faces_writer.write(faces_table(batch, self.classifier.labels))
-        self.faces += offset
-        self.pending.clear()
-        self.pending_faces = 0
-        self.times.write += time.perf_counter() - t1
+                self.faces_writer.write(faces_table(track, self.classifier.labels))
+            if self.keep_tracks:
+                self.tracks.append(track)
+        self.times.write += time.perf_counter() - t0
 
 
 class _Progress:
@@ -415,7 +449,7 @@ def run(
         ),
         threading.Thread(
             target=_detect_worker,
-            args=(detector, spec, q_frames, q_detected, stop, times),
+            args=(detector, spec, config.tracker, q_frames, q_detected, stop, times),
             name="agr-detect",
             daemon=True,
         ),
@@ -429,7 +463,7 @@ def run(
     try:
         if faces_writer is not None:
             faces_writer.__enter__()
-        batcher = _Batcher(classifier, aggregator, faces_writer, times)
+        collector = _Collector(classifier, config, aggregator, faces_writer, times)
         for t in threads:
             t.start()
         while True:
@@ -440,10 +474,13 @@ def run(
                 raise RuntimeError(f"{item.stage} stage crashed: {item.exc!r}") from item.exc
             if isinstance(item, _SourceStart):
                 bars.start(item.media)
+                aggregator.add_source(str(item.media.path), item.media.kind, None)
             elif isinstance(item, _Detected):
                 summary.frames += 1
                 bars.frame(item.media)
-                batcher.add(item)
+                collector.add(item)
+            elif isinstance(item, _TracksEnded):
+                collector.end(item.media, item.track_ids)
             elif isinstance(item, _FrameFailed):
                 if item.media.path not in failed_sources:
                     failed_sources.add(item.media.path)
@@ -456,10 +493,18 @@ def run(
                     failed_sources.add(item.media.path)
                     on_error(item.error)
                     summary.failures.append(item.error)
-        batcher.flush()
-        summary.faces = batcher.faces
+        collector.finish()
+        summary.faces = collector.faces
+        summary.visitors = collector.visitors
+        summary.classified_faces = collector.voter.classified_faces
         t_w = time.perf_counter()
         write_table(config.out, aggregator.table(), metadata=metadata)
+        if config.tracks_out is not None:
+            write_table(
+                config.tracks_out,
+                tracks_table(collector.tracks, classifier.labels),
+                metadata=metadata,
+            )
         times.write += time.perf_counter() - t_w
     except BaseException as e:
         stop.set()
@@ -481,4 +526,6 @@ def run(
     summary.outputs = {"stats": str(config.out)}
     if config.faces_out is not None:
         summary.outputs["faces"] = str(config.faces_out)
+    if config.tracks_out is not None:
+        summary.outputs["tracks"] = str(config.tracks_out)
     return summary

@@ -569,7 +569,8 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         rotation = 0
         try:
             for frame in container.decode(stream):
-                rotation = int(frame.rotation)
+                rotation = int(frame.rotation) % 360
+                rotation -= 360 if rotation > 180 else 0  # one name per angle: 180, never -180
                 break
         except av.FFmpegError as e:
             raise SourceError(path, f"decoding failed ({_ffmpeg_reason(e)})") from None

@@ -38,7 +38,7 @@ def clip_3s(media_dir: Path, t1_rgb: np.ndarray) -> media.WrittenVideo:
         seconds=3,
         size=(320, 240),
         gop=10,
-        creation_time="2024-05-06T07:08:09.250000Z",
+        creation_time="2024-05-06T07:08:09Z",
     )
 
 
