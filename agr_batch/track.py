@@ -35,7 +35,7 @@ class TrackerConfig:
     high_score: float = 0.6
     min_similarity: float = 0.1
     max_gap_s: float = 3.0
-    center_gate: float = 1.5
+    center_gate: float = 2.0
     velocity_smoothing: float = 0.5
 
     def __post_init__(self) -> None:

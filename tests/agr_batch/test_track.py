@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agr_batch.track import Tracker, TrackerConfig, iou_matrix
+
+
+def _box(cx: float, cy: float, side: float = 80.0) -> list[float]:
+    return [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+
+
+def _run(tracker: Tracker, frames: list[tuple[float, list[list[float]]]]) -> list[np.ndarray]:
+    out = []
+    for t, boxes in frames:
+        b = np.array(boxes, np.float32).reshape(-1, 4)
+        out.append(tracker.update(b, np.full(len(b), 0.9, np.float32), t))
+    return out
+
+
+def test_iou_matrix():
+    a = np.array([[0, 0, 10, 10]], float)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0]])
+    assert iou_matrix(a, np.zeros((0, 4))).shape == (1, 0)
+
+
+def test_static_faces_keep_one_track_each():
+    people = [(200, 300), (500, 300), (800, 300), (1100, 300)]
+    frames = [(i * 0.5, [_box(x, y) for x, y in people]) for i in range(40)]
+    ids = _run(Tracker(), frames)
+    assert all(list(f) == [0, 1, 2, 3] for f in ids)
+
+
+def test_panning_faces_keep_ids_even_without_overlap():
+    # Each face moves 100 px per sampled frame: more than its 80 px width, so consecutive
+    # boxes never overlap; the velocity model still follows them.
+    people = [(100, 200), (100, 500)]
+    frames = [(i * 0.5, [_box(x + 100 * i, y) for x, y in people]) for i in range(12)]
+    ids = _run(Tracker(), frames)
+    assert all(list(f) == [0, 1] for f in ids)
+
+
+def test_slow_people_across_keyframes_two_seconds_apart():
+    # Keyframes-only scans see a frame every 2 s; people walking slowly (30 px/s) keep ids.
+    people = [(300, 300), (420, 300), (900, 500)]
+    frames = [(t, [_box(x + 30 * t, y) for x, y in people]) for t in np.arange(0, 30, 2.0)]
+    ids = _run(Tracker(TrackerConfig(max_gap_s=3.0)), frames)
+    assert all(list(f) == [0, 1, 2] for f in ids)
+
+
+def test_crossing_order_does_not_swap_ids_of_shuffled_detections():
+    people = [(200, 300), (700, 300)]
+    frames = []
+    for i in range(10):
+        boxes = [_box(x + 10 * i, y) for x, y in people]
+        frames.append((i * 0.5, boxes[::-1] if i % 2 else boxes))
+    ids = _run(Tracker(), frames)
+    for i, f in enumerate(ids):
+        assert list(f) == ([1, 0] if i % 2 else [0, 1])
+
+
+def test_face_that_returns_after_max_gap_is_a_new_track():
+    tracker = Tracker(TrackerConfig(max_gap_s=2.0))
+    seen = _run(tracker, [(t, [_box(300, 300)]) for t in (0.0, 0.5, 1.0)])
+    assert [int(f[0]) for f in seen] == [0, 0, 0]
+    # Gone for 1.5 s (within the gap): same person.
+    assert int(_run(tracker, [(2.5, [_box(300, 300)])])[0][0]) == 0
+    # Gone for 3 s (beyond the gap): a new visitor.
+    back = _run(tracker, [(5.5, [_box(300, 300)])])
+    assert int(back[0][0]) == 1
+    assert tracker.pop_ended() == [0]
+    assert tracker.close_all() == [1]
+
+
+def test_low_score_detections_continue_tracks_after_high_ones():
+    tracker = Tracker(TrackerConfig(high_score=0.6))
+    tracker.update(
+        np.array([_box(300, 300), _box(700, 300)], np.float32),
+        np.array([0.9, 0.9], np.float32),
+        0.0,
+    )
+    # Second frame: a high-score detection near track 1 and a low-score one near track 0.
+    ids = tracker.update(
+        np.array([_box(305, 300), _box(705, 300)], np.float32),
+        np.array([0.55, 0.95], np.float32),
+        0.5,
+    )
+    assert list(ids) == [0, 1]
+
+
+def test_near_face_of_same_size_matches_but_very_different_size_does_not():
+    def second_id(first: list[float], second: list[float]) -> int:
+        tracker = Tracker()
+        tracker.update(np.array([first], np.float32), np.array([0.9], np.float32), 0.0)
+        ids = tracker.update(np.array([second], np.float32), np.array([0.9], np.float32), 0.5)
+        return int(ids[0])
+
+    # Same size, no overlap, centres 1.25 face widths apart: the same person moving.
+    assert second_id(_box(300, 300, 80), _box(400, 300, 80)) == 0
+    # No overlap and a face three times larger: someone else.
+    assert second_id(_box(300, 300, 30), _box(380, 300, 100)) == 1
+    # Far away (beyond the gate): someone else.
+    assert second_id(_box(300, 300, 80), _box(700, 300, 80)) == 1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="max_gap_s"):
+        TrackerConfig(max_gap_s=0)
