@@ -200,7 +200,11 @@ class StatsAggregator:
 
     def add_source(self, source: str, kind: str, start_time: dt.datetime | None) -> None:
         """Register a source (so its windows get their times even before faces arrive)."""
-        self._sources.setdefault(source, _SourceInfo(kind, start_time, None))
+        info = self._sources.get(source)
+        if info is None:
+            self._sources[source] = _SourceInfo(kind, start_time, None)
+        elif info.start_time is None and start_time is not None:
+            self._sources[source] = _SourceInfo(kind, start_time, info.duration_s)
 
     def add(self, track: TrackResult) -> None:
         """Count the faces of ``track`` and the track itself as one visitor."""

@@ -204,7 +204,7 @@ def _warp(
             rx, ry = new_w / (x1 - x0), new_h / (y1 - y0)
             # Small-image pixel centre (u, v) sits at frame ((u + .5) / rx - .5 + x0, ...).
             to_frame = np.array(
-                [[1 / rx, 0.0, x0], [0.0, 1 / ry, y0]]
+                [[1 / rx, 0.0, 0.5 / rx - 0.5 + x0], [0.0, 1 / ry, 0.5 / ry - 0.5 + y0]]
             )
             composed = np.empty((2, 3), np.float64)
             composed[:, :2] = matrix[:, :2] @ to_frame[:, :2]

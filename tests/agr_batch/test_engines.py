@@ -130,7 +130,7 @@ def test_auto_falls_back_when_compilation_fails(ckpt, tmp_path, monkeypatch):
 
 
 def test_tensorrt_without_cuda_is_a_clear_error(ckpt, tmp_path):
-    with pytest.raises(BackendUnavailableError, match="TensorRT.*agr-batch\\[tensorrt\\]"):
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT.*agr-batch\[tensorrt\]"):
         _engine(ckpt, "tensorrt", tmp_path)
 
 
