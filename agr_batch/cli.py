@@ -269,6 +269,52 @@ def compile_cmd(
     click.echo(engine.details.get("path", f"{engine.name} needs no compiled artifact"))
 
 
+@main.command(name="bench")
+@click.option("--model", envvar="AGR_MODEL", type=click.Path(dir_okay=False), help="Checkpoint.")
+@click.option("--arch", default="compact", show_default=True, help="Untrained model if no --model.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    default=("eager", "channels_last"),
+    show_default=True,
+    help="Backend to measure (repeatable).",
+)
+@click.option("--batch-sizes", default="1,16,64", show_default=True, help="Comma-separated.")
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option("--seconds", default=10.0, show_default=True, help="Length of the generated video.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Engine cache.")
+def bench_cmd(
+    model: str | None,
+    arch: str,
+    backends: tuple[str, ...],
+    batch_sizes: str,
+    device: str,
+    seconds: float,
+    cache_dir: str | None,
+) -> None:
+    """Measure faces/s per backend and batch size, and end-to-end speed, as Markdown tables."""
+    from agr_batch.bench import bench
+
+    _setup_logging(0, quiet=True)
+    try:
+        sizes = [int(v) for v in batch_sizes.split(",") if v.strip()]
+        report = bench(
+            model=model,
+            arch=arch,
+            backends=backends,
+            batch_sizes=sizes,
+            device=device,
+            video_seconds=seconds,
+            cache_dir=cache_dir,
+        )
+    except (CheckpointError, ValueError) as e:
+        fail(str(e))
+    click.echo(report)
+
+
 def format_summary(summary: RunSummary) -> str:
     """The end-of-run summary lines."""
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.stage_s.items())

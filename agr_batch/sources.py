@@ -9,9 +9,11 @@ line, ``"<path>: <reason>"``. Generators are lazy, so a file that cannot be open
 the first ``next()``. A video that breaks mid-stream (a truncated file, corrupt packets the
 decoder refuses, fewer packets than the container's index lists) first yields every frame
 it could decode and then raises :class:`SourceError`; the caller keeps those frames but counts
-the file as failed. A video without a frame index that merely ends before its stated duration
-(a truncated Matroska or MPEG-TS file) cannot be told apart with certainty from one whose
-audio outlasts the video, so it only logs a warning.
+the file as failed. (With frame threading, the few frames still inside the decoder when it
+reports an error can be lost; in keyframes-only mode that may be the last keyframe.)
+A video without a frame index that merely ends before its stated duration (a truncated
+Matroska or MPEG-TS file) cannot be told apart with certainty from one whose audio outlasts
+the video, so it only logs a warning.
 """
 
 from __future__ import annotations

@@ -112,9 +112,7 @@ def csv_path(data_dir: str | os.PathLike[str], split: str) -> Path:
     return Path(data_dir) / f"fairface_label_{split}.csv"
 
 
-def read_split(
-    data_dir: str | os.PathLike[str], split: str, *, limit: int | None = None
-) -> Split:
+def read_split(data_dir: str | os.PathLike[str], split: str, *, limit: int | None = None) -> Split:
     """Read and validate the label CSV of one split.
 
     Args:

@@ -261,7 +261,8 @@ def evaluate(
     skipped: list[SkippedImage] = []
     start = time.perf_counter()
     steps = 0
-    for steps, batch in enumerate(loader, start=1):
+    for batch in loader:
+        steps += 1
         skipped.extend(batch.skipped)
         if len(batch) == 0:
             continue

@@ -188,7 +188,9 @@ def _compare_resume_config(stored: Mapping[str, Any], config: FitConfig, path: P
         detail = ", ".join(f"{k}={stored[k]!r} (now {current[k]!r})" for k in changed)
         raise FitError(f"{path}: cannot resume with changed settings: {detail}")
     if stored.get("data") != current["data"]:
-        log.warning("resuming with data %s (run started on %s)", current["data"], stored.get("data"))
+        log.warning(
+            "resuming with data %s (run started on %s)", current["data"], stored.get("data")
+        )
 
 
 def _summary(config: FitConfig, n_train: int, n_val: int, precision: str) -> Any:
@@ -299,9 +301,7 @@ def fit(config: FitConfig, *, hooks: Sequence[Hook] = ()) -> FitResult:
         log.info("age class weights: %s", [round(w, 2) for w in class_weights["age"].tolist()])
     criterion = MultiHeadLoss(head_weights=config.head_weights, class_weights=class_weights)
     criterion.to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
         if config.scheduler == "cosine"

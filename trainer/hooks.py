@@ -29,7 +29,7 @@ from agr_batch.preprocess import PreprocessSpec
 from trainer.data import Batch, SkippedImage, prepare_epoch
 from trainer.engine import EpochStats, MultiHeadLoss, StepStats, evaluate, train_one_epoch
 from trainer.evaluators import Evaluator
-from trainer.runtime import Precision, capture_rng_state, restore_rng_state
+from trainer.runtime import FULL_PRECISION, Precision, capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class TrainLoop:
         device: torch.device,
         max_epochs: int,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        precision: Precision = Precision(None, False),
+        precision: Precision = FULL_PRECISION,
         scaler: torch.amp.GradScaler | None = None,
         evaluators: Sequence[Evaluator] = (),
         hooks: Sequence[Hook] = (),
@@ -425,9 +425,7 @@ class MetricsCsvHook(Hook):
     def after_epoch(self, loop: TrainLoop, record: EpochRecord) -> None:
         """Append the epoch's row."""
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(
-                record.row()
-            )
+            csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(record.row())
 
 
 class CheckpointHook(Hook):

@@ -58,10 +58,14 @@ class Precision:
         return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
 
 
+FULL_PRECISION = Precision(None, False)
+"""float32 everywhere, no scaler."""
+
+
 def precision_for(device: torch.device, *, amp: bool = True) -> Precision:
     """Mixed precision on CUDA only: bfloat16 where supported, else float16 with a scaler."""
     if not amp or device.type != "cuda":
-        return Precision(None, False)
+        return FULL_PRECISION
     if torch.cuda.is_bf16_supported():
         return Precision(torch.bfloat16, False)
     return Precision(torch.float16, True)

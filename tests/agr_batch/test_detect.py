@@ -100,6 +100,17 @@ def test_working_resolution_scales_back_to_frame_pixels(
     )
 
 
+def test_odd_sizes_map_back_when_halving_drops_a_column(
+    centerface: CenterFace, t1_rgb: np.ndarray, t1_detections: Detections
+):
+    odd = np.zeros((887, 1281, 3), np.uint8)  # one more row and column than t1
+    odd[:886, :1280] = t1_rgb
+    (got,) = centerface.detect([odd])
+    assert len(got) == 6
+    np.testing.assert_allclose(got.boxes, t1_detections.boxes, atol=1.0)
+    np.testing.assert_allclose(got.landmarks, t1_detections.landmarks, atol=1.0)
+
+
 def test_max_side_controls_portrait_frames(t1_rgb: np.ndarray):
     det = create_detector("centerface", threads=2, max_side=640)
     assert det.working_size(1920, 1080) == (640, 360)
