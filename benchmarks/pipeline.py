@@ -152,9 +152,8 @@ def main() -> None:
         }
 
     print()
-    print(
-        f"Machine: {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}"
-    )
+    machine = platform.processor() or platform.machine()
+    print(f"Machine: {machine}, {cores} cores, torch {torch.__version__}")
     print(f"Video: {args.seconds:.0f} s 1920x1080 30 fps H.264 (GOP 60), 2 fps sampling\n")
     print("| mode | wall s | × real time | notes |")
     print("|---|---:|---:|---|")
