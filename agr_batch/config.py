@@ -56,16 +56,13 @@ class DetectorConfig:
         return kw
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines the output of ``agr-batch run``.
+@dataclass(frozen=True, kw_only=True)
+class ProcessingConfig:
+    """Everything that determines how files become face records (shared by run and scan).
 
     Attributes:
-        inputs: Video files, image files and directories.
-        out: Stats table path.
         model: Checkpoint path.
-        faces_out: Optional per-face table path.
-        sample_fps: Frames sampled per second of video (by presentation time).
+        sample_fps: Frames sampled per second of video (by presentation time; 0 = all).
         keyframes_only: Decode keyframes alone (fast scans).
         window_s: Aggregation window in seconds.
         detector: Detector configuration.
@@ -75,15 +72,11 @@ class RunConfig:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         cache_dir: Compiled-engine cache folder (default ``~/.cache/agr-batch``).
         queue_size: Bound of each inter-stage queue, in frames.
-        tracks_out: Optional per-track table path.
         tracker: Face tracker thresholds.
         vote: Which faces of each track are classified.
     """
 
-    inputs: tuple[str, ...]
-    out: Path
     model: Path
-    faces_out: Path | None = None
     sample_fps: float = 2.0
     keyframes_only: bool = False
     window_s: float = 60.0
@@ -94,13 +87,10 @@ class RunConfig:
     precision: str = "auto"
     cache_dir: Path | None = None
     queue_size: int = 8
-    tracks_out: Path | None = None
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     vote: VoteConfig = field(default_factory=VoteConfig)
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError("no inputs given")
         if self.sample_fps < 0:
             raise ValueError(f"--sample-fps must be >= 0 (0 = every frame), got {self.sample_fps}")
         if self.window_s <= 0:
@@ -109,9 +99,6 @@ class RunConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.queue_size < 1:
             raise ValueError(f"queue size must be >= 1, got {self.queue_size}")
-        outs = [Path(p) for p in (self.out, self.faces_out, self.tracks_out) if p is not None]
-        if len(set(outs)) != len(outs):
-            raise ValueError("--out, --faces and --tracks must be different files")
 
     def to_metadata(self, **resolved: Any) -> dict[str, Any]:
         """The configuration as JSON-ready data, plus values resolved at run time."""
@@ -121,6 +108,31 @@ class RunConfig:
         data["python"] = platform.python_version()
         data.update(_plain(resolved))
         return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(ProcessingConfig):
+    """``agr-batch run``: inputs and output files on top of the processing options.
+
+    Attributes:
+        inputs: Video files, image files and directories.
+        out: Stats table path.
+        faces_out: Optional per-face table path.
+        tracks_out: Optional per-track table path.
+    """
+
+    inputs: tuple[str, ...]
+    out: Path
+    faces_out: Path | None = None
+    tracks_out: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.inputs:
+            raise ValueError("no inputs given")
+        outs = [Path(p) for p in (self.out, self.faces_out, self.tracks_out) if p is not None]
+        if len(set(outs)) != len(outs):
+            raise ValueError("--out, --faces and --tracks must be different files")
 
 
 def _plain(value: Any) -> Any:

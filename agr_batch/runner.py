@@ -12,9 +12,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table, trac
 from agr_batch.align import align_faces
 from agr_batch.checkpoint import load_checkpoint
 from agr_batch.classify import Classifier, resolve_device
-from agr_batch.config import RunConfig
+from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.detect import Detector, create_detector
 from agr_batch.engines import build_engine
 from agr_batch.preprocess import PreprocessSpec
@@ -31,7 +30,7 @@ from agr_batch.records import Detections, Frame, Predictions, TrackResult
 from agr_batch.sinks import ParquetStreamWriter, write_table
 from agr_batch.sources import MediaFile, SourceError, discover, frames, probe
 from agr_batch.track import Tracker, TrackerConfig
-from agr_batch.vote import TrackVoter
+from agr_batch.vote import TrackVoter, VoteConfig
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def _timed(it: Iterator[Frame], times: StageTimes) -> Iterator[Frame]:
 
 def _decode_worker(
     media: tuple[MediaFile, ...],
-    config: RunConfig,
+    config: ProcessingConfig,
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
@@ -268,31 +267,65 @@ def _detect_worker(
         out.put(_Crashed("detect", e))
 
 
+@dataclass(frozen=True, eq=False)
+class SourceResult:
+    """Everything one input file produced, handed to the caller when the file is complete.
+
+    Attributes:
+        media: The file.
+        frames: Sampled frames processed.
+        duration_s: Video duration when known.
+        start_time: Absolute start of the source when known.
+        tracks: Its finished, classified tracks (people).
+        error: One-line reason when the file failed (its partial tracks are kept).
+    """
+
+    media: MediaFile
+    frames: int
+    duration_s: float | None
+    start_time: Any
+    tracks: tuple[TrackResult, ...]
+    error: str | None
+
+    @property
+    def faces(self) -> int:
+        """Faces over all tracks."""
+        return sum(len(t) for t in self.tracks)
+
+
+@dataclass
+class _SourceState:
+    media: MediaFile
+    frames: int = 0
+    start_time: Any = None
+    duration_s: float | None = None
+    error: str | None = None
+    ended: bool = False
+    open_tracks: set[int] = field(default_factory=set)
+    tracks: list[TrackResult] = field(default_factory=list)
+
+
 class _Collector:
-    """Feeds detected faces to the track voter and finished tracks to the outputs."""
+    """Feeds detected faces to the track voter; completes each source once all its tracks are."""
 
     def __init__(
         self,
         classifier: Classifier,
-        config: RunConfig,
-        aggregator: StatsAggregator,
-        faces_writer: ParquetStreamWriter | None,
+        vote: VoteConfig,
+        batch_size: int,
         times: StageTimes,
+        on_source: Callable[[SourceResult], None],
     ) -> None:
         self.classifier = classifier
-        self.aggregator = aggregator
-        self.faces_writer = faces_writer
-        self.keep_tracks = config.tracks_out is not None
-        self.tracks: list[TrackResult] = []
         self.times = times
+        self.on_source = on_source
         self.voter = TrackVoter(
             self._classify,
-            batch_size=config.batch_size,
-            config=config.vote,
+            batch_size=batch_size,
+            config=vote,
             chip_side=min(classifier.spec.input_size),
         )
-        self.faces = 0
-        self.visitors = 0
+        self.sources: dict[str, _SourceState] = {}
 
     def _classify(self, chips: np.ndarray) -> Predictions:
         t0 = time.perf_counter()
@@ -300,41 +333,73 @@ class _Collector:
         self.times.classify += time.perf_counter() - t0
         return preds
 
+    def start(self, media: MediaFile) -> None:
+        self.sources[str(media.path)] = _SourceState(media)
+
     def add(self, item: _Detected) -> None:
         source = str(item.media.path)
+        st = self.sources[source]
+        st.frames += 1
+        if st.start_time is None:
+            st.start_time = item.start_time
         for i in range(len(item.detections)):
+            tid = int(item.track_ids[i])
+            st.open_tracks.add(tid)
             self.voter.add_face(
                 source=source,
                 kind=item.media.kind,
                 start_time=item.start_time,
-                track_id=int(item.track_ids[i]),
+                track_id=tid,
                 frame_index=item.frame_index,
                 time_s=item.time_s,
                 box=item.detections.boxes[i],
                 score=float(item.detections.scores[i]),
                 chip=item.chips[i],
             )
-        self.end(item.media, item.ended)
+        self.end_tracks(item.media, item.ended)
 
-    def end(self, media: MediaFile, track_ids: tuple[int, ...]) -> None:
+    def fail(self, media: MediaFile, error: str) -> None:
+        st = self.sources[str(media.path)]
+        if st.error is None:
+            st.error = error
+
+    def end_tracks(self, media: MediaFile, track_ids: tuple[int, ...]) -> None:
         for tid in track_ids:
             self.voter.end_track(str(media.path), tid)
-        self._emit(self.voter.pop_finished())
+        self._collect(self.voter.pop_finished())
+
+    def end_source(self, item: _SourceEnd) -> None:
+        st = self.sources[str(item.media.path)]
+        st.ended = True
+        st.duration_s = item.duration_s
+        if item.error is not None:
+            self.fail(item.media, item.error)
+        self._collect([])
 
     def finish(self) -> None:
-        self._emit(self.voter.finish_all())
+        self._collect(self.voter.finish_all())
 
-    def _emit(self, finished: list[TrackResult]) -> None:
-        t0 = time.perf_counter()
+    def _collect(self, finished: list[TrackResult]) -> None:
         for track in finished:
-            self.aggregator.add(track)
-            self.faces += len(track)
-            self.visitors += 1
-            if self.faces_writer is not None:
-                self.faces_writer.write(faces_table(track, self.classifier.labels))
-            if self.keep_tracks:
-                self.tracks.append(track)
-        self.times.write += time.perf_counter() - t0
+            st = self.sources[track.source]
+            st.tracks.append(track)
+            st.open_tracks.discard(track.track_id)
+        for key, st in list(self.sources.items()):
+            if st.ended and not st.open_tracks:
+                del self.sources[key]
+                t0 = time.perf_counter()
+                st.tracks.sort(key=lambda t: t.track_id)
+                self.on_source(
+                    SourceResult(
+                        st.media,
+                        st.frames,
+                        st.duration_s,
+                        st.start_time,
+                        tuple(st.tracks),
+                        st.error,
+                    )
+                )
+                self.times.write += time.perf_counter() - t0
 
 
 class _Progress:
@@ -380,13 +445,124 @@ def _default_on_error(message: str) -> None:
     log.error("%s", message)
 
 
+class Pipeline:
+    """Loaded model, engine and detector, reusable across batches of files (run and scan).
+
+    Args:
+        config: Processing options.
+    """
+
+    def __init__(self, config: ProcessingConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.checkpoint = load_checkpoint(config.model, device=self.device)
+        spec = self.checkpoint.meta.preprocess
+        self.engine = build_engine(
+            config.backend,
+            self.checkpoint.model,
+            input_size=spec.input_size,
+            device=self.device,
+            checkpoint_sha256=self.checkpoint.file_sha256,
+            precision=config.precision,
+            cache_dir=config.cache_dir,
+            opt_batch=config.batch_size,
+        )
+        self.classifier = Classifier(
+            self.checkpoint, device=self.device, batch_size=config.batch_size, forward=self.engine
+        )
+        self.detector = create_detector(config.detector.name, **config.detector.kwargs())
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        """Class names per head, from the checkpoint."""
+        return self.classifier.labels
+
+    def metadata(self, config: ProcessingConfig | None = None) -> dict[str, Any]:
+        """The resolved configuration recorded in every output file."""
+        ckpt = self.checkpoint
+        return (config or self.config).to_metadata(
+            checkpoint_sha256=ckpt.file_sha256,
+            arch=ckpt.meta.arch,
+            labels={h: list(v) for h, v in ckpt.meta.labels.items()},
+            preprocess=ckpt.meta.preprocess.to_dict(),
+            detector_resolved=self.detector.config(),
+            device=str(self.device),
+            backend_resolved=self.engine.name,
+            precision_resolved=self.engine.precision,
+        )
+
+    def process(
+        self,
+        media: Sequence[MediaFile],
+        on_source: Callable[[SourceResult], None],
+        *,
+        progress: bool = False,
+    ) -> StageTimes:
+        """Decode, detect, track and classify ``media``; call ``on_source`` per finished file.
+
+        Files complete in input order as far as the pipeline allows; ``on_source`` runs on the
+        calling thread. Returns the time spent in each stage.
+        """
+        config = self.config
+        times = StageTimes()
+        stop = threading.Event()
+        q_frames: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        q_detected: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        bars = _Progress(progress, sum(1 for m in media if m.kind == "image"))
+        spec = self.checkpoint.meta.preprocess
+        threads = [
+            threading.Thread(
+                target=_decode_worker,
+                args=(tuple(media), config, q_frames, stop, times),
+                name="agr-decode",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=_detect_worker,
+                args=(self.detector, spec, config.tracker, q_frames, q_detected, stop, times),
+                name="agr-detect",
+                daemon=True,
+            ),
+        ]
+        collector = _Collector(self.classifier, config.vote, config.batch_size, times, on_source)
+        try:
+            for t in threads:
+                t.start()
+            while True:
+                item = q_detected.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, _Crashed):
+                    raise RuntimeError(f"{item.stage} stage crashed: {item.exc!r}") from item.exc
+                if isinstance(item, _SourceStart):
+                    bars.start(item.media)
+                    collector.start(item.media)
+                elif isinstance(item, _Detected):
+                    bars.frame(item.media)
+                    collector.add(item)
+                elif isinstance(item, _TracksEnded):
+                    collector.end_tracks(item.media, item.track_ids)
+                elif isinstance(item, _FrameFailed):
+                    collector.fail(item.media, item.error)
+                elif isinstance(item, _SourceEnd):
+                    bars.end(item.media)
+                    collector.end_source(item)
+            collector.finish()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=5)
+            bars.close()
+        return times
+
+
 def run(
     config: RunConfig,
     *,
     progress: bool = False,
     on_error: ErrorCallback = _default_on_error,
 ) -> RunSummary:
-    """Process ``config.inputs`` and write the stats (and optional faces) tables.
+    """Process ``config.inputs`` and write the stats (and optional faces/tracks) tables.
 
     Bad inputs are reported through ``on_error`` (one line naming the file and the reason)
     and counted; processing goes on with the rest.
@@ -396,23 +572,10 @@ def run(
         ValueError: For an unusable device or detector configuration.
     """
     t_start = time.perf_counter()
-    device = resolve_device(config.device)
-    ckpt = load_checkpoint(config.model, device=device)
-    spec = ckpt.meta.preprocess
-    engine = build_engine(
-        config.backend,
-        ckpt.model,
-        input_size=spec.input_size,
-        device=device,
-        checkpoint_sha256=ckpt.file_sha256,
-        precision=config.precision,
-        cache_dir=config.cache_dir,
-        opt_batch=config.batch_size,
-    )
-    classifier = Classifier(ckpt, device=device, batch_size=config.batch_size, forward=engine)
-    detector = create_detector(config.detector.name, **config.detector.kwargs())
+    pipeline = Pipeline(config)
     found = discover(config.inputs)
-    summary = RunSummary(backend=f"{engine.name} {engine.precision}", device=str(device))
+    engine = pipeline.engine
+    summary = RunSummary(backend=f"{engine.name} {engine.precision}", device=str(pipeline.device))
     problems = [f"{p}: no such file or directory" for p in found.missing]
     problems += [f"{p}: {reason}" for p, reason in found.errors]
     for err in problems:
@@ -423,104 +586,53 @@ def run(
     if found.skipped:
         log.info("skipped %d non-media files", len(found.skipped))
 
-    metadata = config.to_metadata(
-        checkpoint_sha256=ckpt.file_sha256,
-        arch=ckpt.meta.arch,
-        labels={h: list(v) for h, v in ckpt.meta.labels.items()},
-        preprocess=spec.to_dict(),
-        detector_resolved=detector.config(),
-        device=str(device),
-        backend_resolved=engine.name,
-        precision_resolved=engine.precision,
-    )
-    aggregator = StatsAggregator(ckpt.meta.labels, window_s=config.window_s)
-    times = StageTimes()
-    stop = threading.Event()
-    q_frames: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
-    q_detected: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
-    n_images = sum(1 for m in found.media if m.kind == "image")
-    bars = _Progress(progress, n_images)
-    threads = [
-        threading.Thread(
-            target=_decode_worker,
-            args=(found.media, config, q_frames, stop, times),
-            name="agr-decode",
-            daemon=True,
-        ),
-        threading.Thread(
-            target=_detect_worker,
-            args=(detector, spec, config.tracker, q_frames, q_detected, stop, times),
-            name="agr-detect",
-            daemon=True,
-        ),
-    ]
+    metadata = pipeline.metadata(config)
+    aggregator = StatsAggregator(pipeline.labels, window_s=config.window_s)
+    tracks: list[TrackResult] = []
     faces_writer = (
         ParquetStreamWriter(config.faces_out, FACES_SCHEMA, metadata=metadata)
         if config.faces_out is not None
         else None
     )
-    failed_sources: set[Path] = set()
+
+    def on_source(result: SourceResult) -> None:
+        source = str(result.media.path)
+        aggregator.add_source(source, result.media.kind, result.start_time)
+        for track in result.tracks:
+            aggregator.add(track)
+            if faces_writer is not None:
+                faces_writer.write(faces_table(track, pipeline.labels))
+        aggregator.finish_source(source, duration_s=result.duration_s)
+        if config.tracks_out is not None:
+            tracks.extend(result.tracks)
+        summary.frames += result.frames
+        summary.faces += result.faces
+        summary.visitors += len(result.tracks)
+        if result.error is not None:
+            on_error(result.error)
+            summary.failures.append(result.error)
+            summary.files_failed += 1
+        else:
+            summary.files_ok += 1
+
+    times = StageTimes()
     try:
         if faces_writer is not None:
             faces_writer.__enter__()
-        collector = _Collector(classifier, config, aggregator, faces_writer, times)
-        for t in threads:
-            t.start()
-        while True:
-            item = q_detected.get()
-            if item is _DONE:
-                break
-            if isinstance(item, _Crashed):
-                raise RuntimeError(f"{item.stage} stage crashed: {item.exc!r}") from item.exc
-            if isinstance(item, _SourceStart):
-                bars.start(item.media)
-                aggregator.add_source(str(item.media.path), item.media.kind, None)
-            elif isinstance(item, _Detected):
-                summary.frames += 1
-                bars.frame(item.media)
-                collector.add(item)
-            elif isinstance(item, _TracksEnded):
-                collector.end(item.media, item.track_ids)
-            elif isinstance(item, _FrameFailed):
-                if item.media.path not in failed_sources:
-                    failed_sources.add(item.media.path)
-                    on_error(item.error)
-                    summary.failures.append(item.error)
-            elif isinstance(item, _SourceEnd):
-                bars.end(item.media)
-                aggregator.finish_source(str(item.media.path), duration_s=item.duration_s)
-                if item.error is not None and item.media.path not in failed_sources:
-                    failed_sources.add(item.media.path)
-                    on_error(item.error)
-                    summary.failures.append(item.error)
-        collector.finish()
-        summary.faces = collector.faces
-        summary.visitors = collector.visitors
-        summary.classified_faces = collector.voter.classified_faces
+        times = pipeline.process(found.media, on_source, progress=progress)
         t_w = time.perf_counter()
         write_table(config.out, aggregator.table(), metadata=metadata)
         if config.tracks_out is not None:
-            write_table(
-                config.tracks_out,
-                tracks_table(collector.tracks, classifier.labels),
-                metadata=metadata,
-            )
+            write_table(config.tracks_out, tracks_table(tracks, pipeline.labels), metadata=metadata)
         times.write += time.perf_counter() - t_w
     except BaseException as e:
-        stop.set()
         if faces_writer is not None:
             faces_writer.__exit__(type(e), e, e.__traceback__)
         raise
     else:
         if faces_writer is not None:
             faces_writer.__exit__(None, None, None)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-        bars.close()
-    summary.files_failed += len(failed_sources)
-    summary.files_ok = len(found.media) - len(failed_sources)
+    summary.classified_faces = pipeline.classifier.faces_seen
     summary.wall_s = time.perf_counter() - t_start
     summary.stage_s = times.as_dict()
     summary.outputs = {"stats": str(config.out)}
