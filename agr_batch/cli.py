@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -61,154 +62,160 @@ NO_MODEL_HELP = (
 )
 
 
+_PROCESSING_OPTIONS = [
+    click.option(
+        "--model",
+        envvar="AGR_MODEL",
+        type=click.Path(dir_okay=False),
+        help="Checkpoint (default: $AGR_MODEL).",
+    ),
+    click.option(
+        "--sample-fps",
+        default=2.0,
+        show_default=True,
+        help="Video frames sampled per second (0 = all).",
+    ),
+    click.option("--keyframes-only", is_flag=True, help="Decode keyframes only (fast scan)."),
+    click.option(
+        "--window", "window_s", default=60.0, show_default=True, help="Aggregation window, s."
+    ),
+    click.option("--detector", default="centerface", show_default=True, help="Face detector."),
+    click.option(
+        "--detector-model", type=click.Path(dir_okay=False), help="Detector weights (scrfd)."
+    ),
+    click.option("--det-threshold", default=0.5, show_default=True, help="Min detection score."),
+    click.option("--min-face", default=20, show_default=True, help="Min face size, pixels."),
+    click.option(
+        "--det-size", default=640, show_default=True, help="Detector resolution (longest side)."
+    ),
+    click.option("--batch-size", default=64, show_default=True, help="Faces per classifier call."),
+    click.option(
+        "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+    ),
+    click.option(
+        "--backend",
+        default="auto",
+        show_default=True,
+        help="Classifier backend: auto, eager, channels_last, inductor, tensorrt.",
+    ),
+    click.option(
+        "--precision",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        help="Compiled-engine cache (default ~/.cache/agr-batch).",
+    ),
+    click.option("--best-k", default=3, show_default=True, help="Best faces classified per track."),
+    click.option(
+        "--refresh-every",
+        default=20,
+        show_default=True,
+        help="Classify a fresh face each time a track grows by this many faces.",
+    ),
+    click.option("--per-face", is_flag=True, help="Classify every face instead of voting."),
+    click.option(
+        "--max-gap", default=3.0, show_default=True, help="Seconds a track may go unseen."
+    ),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only."),
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+    click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
+]
+
+
+def processing_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Add the options shared by ``run`` and ``scan``."""
+    for option in reversed(_PROCESSING_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    """Turn the shared options into :class:`agr_batch.config.ProcessingConfig` keywords."""
+    from agr_batch.config import DetectorConfig
+    from agr_batch.track import TrackerConfig
+    from agr_batch.vote import VoteConfig
+
+    if not opts.get("model"):
+        fail(NO_MODEL_HELP)
+    return {
+        "model": Path(opts["model"]),
+        "sample_fps": opts["sample_fps"],
+        "keyframes_only": opts["keyframes_only"],
+        "window_s": opts["window_s"],
+        "detector": DetectorConfig(
+            name=opts["detector"],
+            score_threshold=opts["det_threshold"],
+            min_face=opts["min_face"],
+            max_side=opts["det_size"],
+            model_path=opts["detector_model"],
+        ),
+        "batch_size": opts["batch_size"],
+        "device": opts["device"],
+        "backend": opts["backend"],
+        "precision": opts["precision"],
+        "cache_dir": Path(opts["cache_dir"]) if opts["cache_dir"] else None,
+        "tracker": TrackerConfig(max_gap_s=opts["max_gap"]),
+        "vote": VoteConfig(
+            best_k=opts["best_k"], refresh_every=opts["refresh_every"], per_face=opts["per_face"]
+        ),
+    }
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    from agr_batch.detect import DetectorError
+    from agr_batch.engines import BackendUnavailableError
+    from agr_batch.registry import RegistryError
+
+    return (CheckpointError, RegistryError, ValueError, BackendUnavailableError, DetectorError)
+
+
+def _echo_error(message: str) -> None:
+    click.echo(f"agr-batch: {message}", err=True)
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--out", "out", required=True, type=click.Path(dir_okay=False), help="Stats table (Parquet)."
 )
 @click.option(
-    "--model",
-    envvar="AGR_MODEL",
-    type=click.Path(dir_okay=False),
-    help="Checkpoint (default: $AGR_MODEL).",
-)
-@click.option(
     "--faces", "faces_out", type=click.Path(dir_okay=False), help="Also write a per-face table."
-)
-@click.option(
-    "--sample-fps",
-    default=2.0,
-    show_default=True,
-    help="Video frames sampled per second (0 = all).",
-)
-@click.option("--keyframes-only", is_flag=True, help="Decode keyframes only (fast scan).")
-@click.option(
-    "--window", "window_s", default=60.0, show_default=True, help="Aggregation window, seconds."
-)
-@click.option("--detector", default="centerface", show_default=True, help="Face detector.")
-@click.option("--detector-model", type=click.Path(dir_okay=False), help="Detector weights (scrfd).")
-@click.option("--det-threshold", default=0.5, show_default=True, help="Minimum detection score.")
-@click.option("--min-face", default=20, show_default=True, help="Minimum face size in pixels.")
-@click.option(
-    "--det-size", default=640, show_default=True, help="Detector working resolution (longest side)."
-)
-@click.option("--batch-size", default=64, show_default=True, help="Faces per classifier batch.")
-@click.option(
-    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
-)
-@click.option(
-    "--backend",
-    default="auto",
-    show_default=True,
-    help="Classifier backend: auto, eager, channels_last, inductor, tensorrt.",
-)
-@click.option(
-    "--precision",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    help="Compiled-engine cache (default ~/.cache/agr-batch).",
 )
 @click.option(
     "--tracks", "tracks_out", type=click.Path(dir_okay=False), help="Also write a per-track table."
 )
-@click.option("--best-k", default=3, show_default=True, help="Best faces classified per track.")
-@click.option(
-    "--refresh-every",
-    default=20,
-    show_default=True,
-    help="Classify a fresh face each time a track grows by this many faces.",
-)
-@click.option("--per-face", is_flag=True, help="Classify every face instead of voting per track.")
-@click.option(
-    "--max-gap",
-    default=3.0,
-    show_default=True,
-    help="Seconds a track may go unseen before it ends.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@processing_options
 def run(
     inputs: tuple[str, ...],
     out: str,
-    model: str | None,
     faces_out: str | None,
-    sample_fps: float,
-    keyframes_only: bool,
-    window_s: float,
-    detector: str,
-    detector_model: str | None,
-    det_threshold: float,
-    min_face: int,
-    det_size: int,
-    batch_size: int,
-    device: str,
-    backend: str,
-    precision: str,
-    cache_dir: str | None,
     tracks_out: str | None,
-    best_k: int,
-    refresh_every: int,
-    per_face: bool,
-    max_gap: float,
-    quiet: bool,
-    as_json: bool,
-    verbose: int,
+    **opts: Any,
 ) -> None:
     """Detect and classify faces in videos, images and folders; write Parquet statistics."""
-    from agr_batch.config import DetectorConfig, RunConfig
-    from agr_batch.detect import DetectorError
-    from agr_batch.engines import BackendUnavailableError
-    from agr_batch.registry import RegistryError
+    from agr_batch.config import RunConfig
     from agr_batch.runner import run as run_pipeline
-    from agr_batch.track import TrackerConfig
-    from agr_batch.vote import VoteConfig
 
-    _setup_logging(verbose, quiet or as_json)
-    if not model:
-        fail(NO_MODEL_HELP)
+    quiet, as_json = opts["quiet"], opts["as_json"]
+    _setup_logging(opts["verbose"], quiet or as_json)
     try:
         config = RunConfig(
             inputs=tuple(inputs),
             out=Path(out),
-            model=Path(model),
             faces_out=Path(faces_out) if faces_out else None,
-            sample_fps=sample_fps,
-            keyframes_only=keyframes_only,
-            window_s=window_s,
-            detector=DetectorConfig(
-                name=detector,
-                score_threshold=det_threshold,
-                min_face=min_face,
-                max_side=det_size,
-                model_path=detector_model,
-            ),
-            batch_size=batch_size,
-            device=device,
-            backend=backend,
-            precision=precision,
-            cache_dir=Path(cache_dir) if cache_dir else None,
             tracks_out=Path(tracks_out) if tracks_out else None,
-            tracker=TrackerConfig(max_gap_s=max_gap),
-            vote=VoteConfig(best_k=best_k, refresh_every=refresh_every, per_face=per_face),
+            **processing_kwargs(opts),
         )
         summary = run_pipeline(
             config,
             progress=not (quiet or as_json) and sys.stderr.isatty(),
-            on_error=lambda msg: click.echo(f"agr-batch: {msg}", err=True),
+            on_error=_echo_error,
         )
-    except (
-        CheckpointError,
-        RegistryError,
-        ValueError,
-        BackendUnavailableError,
-        DetectorError,
-    ) as e:
+    except _config_errors() as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; nothing was written under the output names", 130)
@@ -217,6 +224,164 @@ def run(
     elif not quiet:
         click.echo(format_summary(summary), err=True)
     sys.exit(EXIT_INPUT_FAILED if summary.files_failed else EXIT_OK)
+
+
+def _load_toml_defaults(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """``--config FILE.toml``: every option's default, by option name (dashes or underscores)."""
+    if not value:
+        return
+    import tomllib
+
+    try:
+        with open(value, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise click.BadParameter(f"{value}: {e}") from None
+    data = data.get("scan", data)
+    known = {p.name for p in ctx.command.params if p.name}
+    aliases = {
+        "out": "dataset",
+        "faces": "write_faces",
+        "tracks": "write_tracks",
+        "json": "as_json",
+    }
+    defaults: dict[str, Any] = {}
+    for key, val in data.items():
+        name = key.replace("-", "_")
+        name = aliases.get(name, name)
+        if name not in known:
+            raise click.BadParameter(f"{value}: unknown option {key!r}")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+@main.command()
+@click.argument("root", required=False, type=click.Path(file_okay=True))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_toml_defaults,
+    help="TOML file holding any of these options (command-line options win).",
+)
+@click.option("--out", "dataset", type=click.Path(file_okay=False), help="Dataset folder.")
+@click.option(
+    "--settle",
+    "settle_s",
+    default=60.0,
+    show_default=True,
+    help="Seconds a file must be unmodified.",
+)
+@click.option("--retry-failed", is_flag=True, help="Retry files that failed before.")
+@click.option("--dry-run", is_flag=True, help="List what would be processed; change nothing.")
+@click.option("--faces", "write_faces", is_flag=True, help="Also write per-face parts.")
+@click.option("--tracks", "write_tracks", is_flag=True, help="Also write per-track parts.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Also log to this file.")
+@click.option("--root", "root_opt", hidden=True, type=click.Path())
+@processing_options
+def scan(
+    root: str | None,
+    dataset: str | None,
+    settle_s: float,
+    retry_failed: bool,
+    dry_run: bool,
+    write_faces: bool,
+    write_tracks: bool,
+    log_file: str | None,
+    root_opt: str | None,
+    **opts: Any,
+) -> None:
+    """Process new and changed files under ROOT into a partitioned Parquet dataset.
+
+    Safe for cron: incremental, exactly once, crash-safe, and locked against overlapping
+    runs. Exit codes: 0 all good, 1 some files failed, 2 usage error, 3 another scan holds
+    the lock.
+    """
+    from agr_batch.scan import EXIT_LOCKED, LockedError, ScanConfig
+    from agr_batch.scan import scan as run_scan
+
+    quiet, as_json = opts["quiet"], opts["as_json"]
+    _setup_logging(opts["verbose"], quiet or as_json)
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    root = root or root_opt
+    if not root or not dataset:
+        fail("scan needs ROOT and --out DATASET (or both in --config)")
+    errors: list[str] = []
+
+    def on_error(message: str) -> None:
+        errors.append(message)
+        _echo_error(message)
+        logging.getLogger("agr_batch.scan").error("%s", message)
+
+    try:
+        config = ScanConfig(
+            root=Path(root),
+            dataset=Path(dataset),
+            settle_s=settle_s,
+            retry_failed=retry_failed,
+            dry_run=dry_run,
+            write_faces=write_faces,
+            write_tracks=write_tracks,
+            **processing_kwargs(opts),
+        )
+        if not Path(root).exists():
+            fail(f"{root}: no such folder")
+        summary = run_scan(
+            config, progress=not (quiet or as_json) and sys.stderr.isatty(), on_error=on_error
+        )
+    except LockedError as e:
+        fail(str(e), EXIT_LOCKED)
+    except _config_errors() as e:
+        fail(str(e))
+    if dry_run and not as_json:
+        for line in summary.plan:
+            click.echo(line)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    elif not quiet:
+        click.echo(
+            f"scan: {summary.processed} processed, {summary.failed} failed, "
+            f"{summary.deferred} deferred (settling), {summary.unchanged} unchanged, "
+            f"{summary.renamed} renamed; {summary.faces} faces, {summary.visitors} visitors "
+            f"in {summary.wall_s:.1f}s",
+            err=True,
+        )
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(dataset: str, as_json: bool) -> None:
+    """Files processed, failed and pending, last run and totals of a scanned dataset."""
+    from agr_batch.scan import dataset_status
+
+    try:
+        st = dataset_status(Path(dataset))
+    except FileNotFoundError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    last = st["last_run"] or {}
+    click.echo(f"dataset      {st['dataset']}")
+    click.echo(f"files        {st['files_ok']} processed, {st['files_failed']} failed, "
+               f"{st['pending_at_last_run']} pending at the last run")  # fmt: skip
+    click.echo(
+        f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
+    )
+    click.echo(
+        f"last run     #{last.get('id', '-')} started {last.get('started', '-')}, "
+        f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
+    )
+    for f in st["failed"][:20]:
+        click.echo(f"failed       {f['path']}: {f['error']}")
 
 
 @main.command(name="compile")

@@ -83,6 +83,11 @@ def _load_model(path: str) -> tuple[bytes, str]:
     kept = [i for i in model.graph.input if i.name not in weights]
     del model.graph.input[:]
     model.graph.input.extend(kept)
+    # BatchNorm's num_batches_tracked counters are used by no node; drop them too.
+    used = {name for node in model.graph.node for name in node.input}
+    inits = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
     model = update_inputs_outputs_dims(
         model,
         {_INPUT: ["B", 3, "H", "W"]},
