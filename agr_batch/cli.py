@@ -238,18 +238,18 @@ def _load_toml_defaults(ctx: click.Context, _param: click.Parameter, value: str 
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.BadParameter(f"{value}: {e}") from None
     data = data.get("scan", data)
-    known = {p.name for p in ctx.command.params if p.name}
-    aliases = {
-        "out": "dataset",
-        "faces": "write_faces",
-        "tracks": "write_tracks",
-        "json": "as_json",
-    }
+    # Keys are option names as typed on the command line, with or without dashes.
+    names: dict[str, str] = {}
+    for p in ctx.command.params:
+        if p.name is None or p.name == "config_file":
+            continue
+        names[p.name] = p.name
+        for opt in getattr(p, "opts", []):
+            names[opt.lstrip("-").replace("-", "_")] = p.name
     defaults: dict[str, Any] = {}
     for key, val in data.items():
-        name = key.replace("-", "_")
-        name = aliases.get(name, name)
-        if name not in known:
+        name = names.get(key.replace("-", "_"))
+        if name is None:
             raise click.BadParameter(f"{value}: unknown option {key!r}")
         defaults[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
@@ -279,7 +279,6 @@ def _load_toml_defaults(ctx: click.Context, _param: click.Parameter, value: str 
 @click.option("--faces", "write_faces", is_flag=True, help="Also write per-face parts.")
 @click.option("--tracks", "write_tracks", is_flag=True, help="Also write per-track parts.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also log to this file.")
-@click.option("--root", "root_opt", hidden=True, type=click.Path())
 @processing_options
 def scan(
     root: str | None,
@@ -290,7 +289,6 @@ def scan(
     write_faces: bool,
     write_tracks: bool,
     log_file: str | None,
-    root_opt: str | None,
     **opts: Any,
 ) -> None:
     """Process new and changed files under ROOT into a partitioned Parquet dataset.
@@ -304,20 +302,22 @@ def scan(
 
     quiet, as_json = opts["quiet"], opts["as_json"]
     _setup_logging(opts["verbose"], quiet or as_json)
+    file_log = logging.getLogger("agr_batch.scan.log")
     if log_file:
         handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    root = root or root_opt
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        # Everything agr-batch logs goes to the file; errors also get their stderr line.
+        for name in ("agr_batch", "agr_batch.scan.log"):
+            logging.getLogger(name).addHandler(handler)
+        logging.getLogger("agr_batch").setLevel(logging.INFO)
+        file_log.propagate = False
     if not root or not dataset:
         fail("scan needs ROOT and --out DATASET (or both in --config)")
-    errors: list[str] = []
 
     def on_error(message: str) -> None:
-        errors.append(message)
         _echo_error(message)
-        logging.getLogger("agr_batch.scan").error("%s", message)
+        if log_file:
+            file_log.error("%s", message)
 
     try:
         config = ScanConfig(
@@ -381,7 +381,7 @@ def status(dataset: str, as_json: bool) -> None:
         f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
     )
     for f in st["failed"][:20]:
-        click.echo(f"failed       {f['path']}: {f['error']}")
+        click.echo(f"failed       {f['error']}")
 
 
 @main.command(name="compile")

@@ -419,7 +419,8 @@ def scan(
             summary.renamed += 1
         if work:
             _process(config, dataset, state, work, run_id, summary, progress, on_error)
-        _write_errors(dataset, state)
+        if work or renames or touched or not (dataset.root / "_errors.parquet").exists():
+            _write_errors(dataset, state)
         state.finish_run(
             run_id,
             processed=summary.processed,
