@@ -164,6 +164,15 @@ def tracks_table(tracks: list[TrackResult], labels: Mapping[str, tuple[str, ...]
 
 
 @dataclass(frozen=True)
+class Suppressed:
+    """What small-cell suppression removed from a table."""
+
+    cells: int = 0
+    faces: int = 0
+    visitors: int = 0
+
+
+@dataclass(frozen=True)
 class _SourceInfo:
     kind: str
     start_time: dt.datetime | None
@@ -183,14 +192,17 @@ class StatsAggregator:
             raise ValueError(f"window must be > 0 seconds, got {window_s}")
         self.labels = {h: tuple(labels[h]) for h in HEADS}
         self.window_s = float(window_s)
+        self.suppressed = Suppressed()
         self._faces: Counter[tuple[str, int, int, int, int]] = Counter()
         self._visitors: Counter[tuple[str, int, int, int, int]] = Counter()
+        self._people: dict[tuple[str, int, int, int, int], set[int]] = {}
         self._sources: dict[str, _SourceInfo] = {}
 
     def reset(self) -> None:
         """Forget everything counted so far."""
         self._faces.clear()
         self._visitors.clear()
+        self._people.clear()
         self._sources.clear()
 
     def _windows(self, kind: str, times: np.ndarray) -> np.ndarray:
@@ -212,9 +224,10 @@ class StatsAggregator:
         preds = track.face_predictions
         idx = [getattr(preds, h).argmax(axis=1).tolist() for h in HEADS]
         windows = self._windows(track.kind, track.time_s).tolist()
-        self._faces.update(
-            (track.source, w, a, g, r) for w, a, g, r in zip(windows, *idx, strict=True)
-        )
+        keys = [(track.source, w, a, g, r) for w, a, g, r in zip(windows, *idx, strict=True)]
+        self._faces.update(keys)
+        for key in set(keys):
+            self._people.setdefault(key, set()).add(track.track_id)
         first = self._windows(track.kind, np.array([track.first_time]))[0]
         a, g, r = (int(getattr(track.vote, h)[0].argmax()) for h in HEADS)
         self._visitors[(track.source, int(first), a, g, r)] += 1
@@ -235,9 +248,29 @@ class StatsAggregator:
         """Visitors counted over all cells."""
         return sum(self._visitors.values())
 
-    def table(self) -> pa.Table:
-        """The stats table, sorted by source, window and label indices."""
+    def table(self, *, min_cell_count: int = 0) -> pa.Table:
+        """The stats table, sorted by source, window and label indices.
+
+        Args:
+            min_cell_count: Drop cells with fewer than this many faces, or with faces of
+                fewer than this many distinct people (so small groups cannot be singled
+                out); :attr:`suppressed` then reports what was dropped. 0 keeps every cell.
+        """
         keys = sorted(set(self._faces) | set(self._visitors))
+        self.suppressed = Suppressed()
+        if min_cell_count > 0:
+            kept = []
+            for key in keys:
+                people = len(self._people.get(key, ())) or self._visitors.get(key, 0)
+                if self._faces.get(key, 0) < min_cell_count or people < min_cell_count:
+                    self.suppressed = Suppressed(
+                        cells=self.suppressed.cells + 1,
+                        faces=self.suppressed.faces + self._faces.get(key, 0),
+                        visitors=self.suppressed.visitors + self._visitors.get(key, 0),
+                    )
+                else:
+                    kept.append(key)
+            keys = kept
         cols: dict[str, list] = {name: [] for name in STATS_SCHEMA.names}
         for key in keys:
             source, w, a, g, r = key

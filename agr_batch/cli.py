@@ -120,6 +120,12 @@ _PROCESSING_OPTIONS = [
     click.option(
         "--max-gap", default=3.0, show_default=True, help="Seconds a track may go unseen."
     ),
+    click.option(
+        "--min-cell-count",
+        default=0,
+        show_default=True,
+        help="Drop stats cells with fewer faces or people than this (privacy; 0 = keep all).",
+    ),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only."),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
     click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
@@ -162,6 +168,7 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
         "vote": VoteConfig(
             best_k=opts["best_k"], refresh_every=opts["refresh_every"], per_face=opts["per_face"]
         ),
+        "min_cell_count": opts["min_cell_count"],
     }
 
 
@@ -349,6 +356,7 @@ def scan(
             f"scan: {summary.processed} processed, {summary.failed} failed, "
             f"{summary.deferred} deferred (settling), {summary.unchanged} unchanged, "
             f"{summary.renamed} renamed; {summary.faces} faces, {summary.visitors} visitors "
+            f"({summary.suppressed_faces} faces in suppressed small cells) "
             f"in {summary.wall_s:.1f}s",
             err=True,
         )
@@ -491,6 +499,10 @@ def format_summary(summary: RunSummary) -> str:
         f"stage time: {stages}",
         "wrote: " + ", ".join(f"{k} {v}" for k, v in summary.outputs.items()),
     ]
+    if summary.suppressed_cells:
+        lines.append(
+            f"suppressed: {summary.suppressed_cells} small cells ({summary.suppressed_faces} faces)"
+        )
     return "\n".join(lines)
 
 

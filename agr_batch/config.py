@@ -74,6 +74,7 @@ class ProcessingConfig:
         queue_size: Bound of each inter-stage queue, in frames.
         tracker: Face tracker thresholds.
         vote: Which faces of each track are classified.
+        min_cell_count: Drop stats cells with fewer faces or people than this (0 = keep all).
     """
 
     model: Path
@@ -89,8 +90,11 @@ class ProcessingConfig:
     queue_size: int = 8
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     vote: VoteConfig = field(default_factory=VoteConfig)
+    min_cell_count: int = 0
 
     def __post_init__(self) -> None:
+        if self.min_cell_count < 0:
+            raise ValueError(f"--min-cell-count must be >= 0, got {self.min_cell_count}")
         if self.sample_fps < 0:
             raise ValueError(f"--sample-fps must be >= 0 (0 = every frame), got {self.sample_fps}")
         if self.window_s <= 0:

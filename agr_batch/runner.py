@@ -64,6 +64,8 @@ class RunSummary:
     faces: int = 0
     classified_faces: int = 0
     visitors: int = 0
+    suppressed_faces: int = 0
+    suppressed_cells: int = 0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
     stage_s: dict[str, float] = field(default_factory=dict)
@@ -621,7 +623,18 @@ def run(
             faces_writer.__enter__()
         times = pipeline.process(found.media, on_source, progress=progress)
         t_w = time.perf_counter()
-        write_table(config.out, aggregator.table(), metadata=metadata)
+        write_table(
+            config.out, aggregator.table(min_cell_count=config.min_cell_count), metadata=metadata
+        )
+        summary.suppressed_faces = aggregator.suppressed.faces
+        summary.suppressed_cells = aggregator.suppressed.cells
+        if aggregator.suppressed.cells:
+            log.info(
+                "suppressed %d cells (%d faces) below --min-cell-count %d",
+                aggregator.suppressed.cells,
+                aggregator.suppressed.faces,
+                config.min_cell_count,
+            )
         if config.tracks_out is not None:
             write_table(config.tracks_out, tracks_table(tracks, pipeline.labels), metadata=metadata)
         times.write += time.perf_counter() - t_w

@@ -104,6 +104,7 @@ class ScanSummary:
     skipped: int = 0
     faces: int = 0
     visitors: int = 0
+    suppressed_faces: int = 0
     failures: list[str] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)
@@ -474,7 +475,8 @@ def _process(
             agg.add(track)
         agg.finish_source(source, duration_s=result.duration_s)
         tables: dict[str, pa.Table] = {}
-        stats = agg.table()
+        stats = agg.table(min_cell_count=config.min_cell_count)
+        summary.suppressed_faces += agg.suppressed.faces
         if len(stats):
             tables["stats"] = stats
         if config.write_faces and result.tracks:

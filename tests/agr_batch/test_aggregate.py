@@ -83,3 +83,23 @@ def test_faces_and_tracks_tables():
     row = tracks.to_pylist()[0]
     assert row["dwell_s"] == 3.5 and row["faces"] == 3 and row["race"] == "East Asian"
     assert tracks_table([], VOCABULARIES).num_rows == 0
+
+
+def test_small_cells_are_suppressed_by_faces_and_by_people():
+    agg = StatsAggregator(VOCABULARIES, window_s=10.0)
+    agg.add_source("v.mp4", "video", None)
+    # Cell A: one person seen in 8 frames (many faces, but a single individual).
+    agg.add(_track("v.mp4", "video", 0, [float(i) for i in range(8)], 3, 1, 0))
+    # Cell B: five people, one face each.
+    for tid in range(1, 6):
+        agg.add(_track("v.mp4", "video", tid, [1.0], 4, 0, 2))
+    # Cell C: two people, one face each.
+    for tid in range(6, 8):
+        agg.add(_track("v.mp4", "video", tid, [2.0], 5, 0, 3))
+    full = agg.table()
+    assert full.num_rows == 3 and agg.suppressed.cells == 0
+    kept = agg.table(min_cell_count=3).to_pylist()
+    assert [(r["age"], r["faces"], r["visitors"]) for r in kept] == [("30-39", 5, 5)]
+    assert agg.suppressed.cells == 2
+    assert agg.suppressed.faces == 8 + 2 and agg.suppressed.visitors == 1 + 2
+    assert agg.table(min_cell_count=1).num_rows == 3

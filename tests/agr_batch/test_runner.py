@@ -214,3 +214,17 @@ def test_usage_errors_exit_2(tmp_path, tiny_checkpoint):
     )
     assert unknown.exit_code == 2 and "unknown detector 'yolo'" in unknown.stderr
     assert not Path(tmp_path / "o.parquet").exists()
+
+
+def test_min_cell_count_suppresses_and_reports(tmp_path, tiny_checkpoint):
+    out = tmp_path / "o.parquet"
+    result = _run_cli(
+        str(photos_dir() / "t1.jpg"), "--out", str(out), "--model", str(tiny_checkpoint),
+        "--min-cell-count", "7", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # Six people in one photo: every cell has fewer than 7 faces, so all are suppressed.
+    assert summary["faces"] == 6 and summary["suppressed_faces"] == 6
+    assert pq.read_table(out).num_rows == 0
+    assert read_metadata(out)["min_cell_count"] == 7
