@@ -21,6 +21,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agr_batch trainer tests benchmarks examples
 	$(VENV)/bin/ruff format --check agr_batch trainer tests benchmarks examples
+	$(VENV)/bin/hadolint Dockerfile
 
 test: lint chromium
 	$(PY) -m pytest -q
