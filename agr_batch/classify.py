@@ -79,7 +79,11 @@ class Classifier:
         out = {h: [] for h in ("age", "gender", "race")}
         for start in range(0, n, self.batch_size):
             x = chips_to_tensor(chips[start : start + self.batch_size], self.spec)
-            x = x.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                # Page-locked memory lets the copy run asynchronously with the host.
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            else:
+                x = x.to(self.device)
             logits = self.forward(x)
             for head in out:
                 probs = torch.softmax(getattr(logits, head).float(), dim=1)

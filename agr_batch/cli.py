@@ -121,6 +121,13 @@ _PROCESSING_OPTIONS = [
         "--max-gap", default=3.0, show_default=True, help="Seconds a track may go unseen."
     ),
     click.option(
+        "--decoder",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "pyav", "torchcodec"]),
+        help="Video decoder; torchcodec decodes on the GPU (NVDEC) when installed.",
+    ),
+    click.option(
         "--min-cell-count",
         default=0,
         show_default=True,
@@ -169,6 +176,7 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
             best_k=opts["best_k"], refresh_every=opts["refresh_every"], per_face=opts["per_face"]
         ),
         "min_cell_count": opts["min_cell_count"],
+        "decoder": opts["decoder"],
     }
 
 

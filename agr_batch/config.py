@@ -75,6 +75,7 @@ class ProcessingConfig:
         tracker: Face tracker thresholds.
         vote: Which faces of each track are classified.
         min_cell_count: Drop stats cells with fewer faces or people than this (0 = keep all).
+        decoder: Video decoder: ``auto``, ``pyav`` or ``torchcodec`` (GPU).
     """
 
     model: Path
@@ -91,6 +92,7 @@ class ProcessingConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     vote: VoteConfig = field(default_factory=VoteConfig)
     min_cell_count: int = 0
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
         if self.min_cell_count < 0:

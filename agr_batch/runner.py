@@ -23,6 +23,7 @@ from agr_batch.align import align_faces
 from agr_batch.checkpoint import load_checkpoint
 from agr_batch.classify import Classifier, resolve_device
 from agr_batch.config import ProcessingConfig, RunConfig
+from agr_batch.decode_gpu import resolve_decoder, torchcodec_frames
 from agr_batch.detect import Detector, create_detector
 from agr_batch.engines import build_engine
 from agr_batch.preprocess import PreprocessSpec
@@ -179,6 +180,7 @@ def _timed(it: Iterator[Frame], times: StageTimes) -> Iterator[Frame]:
 def _decode_worker(
     media: tuple[MediaFile, ...],
     config: ProcessingConfig,
+    decoder: str,
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
@@ -191,7 +193,12 @@ def _decode_worker(
             try:
                 if m.kind == "video":
                     duration = probe(m.path).duration_s
-                it = frames(m, sample_fps=config.sample_fps, keyframes_only=config.keyframes_only)
+                if decoder == "torchcodec" and m.kind == "video" and not config.keyframes_only:
+                    it = torchcodec_frames(m.path, sample_fps=config.sample_fps)
+                else:
+                    it = frames(
+                        m, sample_fps=config.sample_fps, keyframes_only=config.keyframes_only
+                    )
                 for frame in _timed(iter(it), times):
                     _put(out, _FrameItem(m, frame), stop)
                     count += 1
@@ -473,6 +480,7 @@ class Pipeline:
             self.checkpoint, device=self.device, batch_size=config.batch_size, forward=self.engine
         )
         self.detector = create_detector(config.detector.name, **config.detector.kwargs())
+        self.decoder = resolve_decoder(config.decoder, self.device.type)
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
@@ -491,6 +499,7 @@ class Pipeline:
             device=str(self.device),
             backend_resolved=self.engine.name,
             precision_resolved=self.engine.precision,
+            decoder_resolved=self.decoder,
         )
 
     def process(
@@ -515,7 +524,7 @@ class Pipeline:
         threads = [
             threading.Thread(
                 target=_decode_worker,
-                args=(tuple(media), config, q_frames, stop, times),
+                args=(tuple(media), config, self.decoder, q_frames, stop, times),
                 name="agr-decode",
                 daemon=True,
             ),

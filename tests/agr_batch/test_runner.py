@@ -228,3 +228,18 @@ def test_min_cell_count_suppresses_and_reports(tmp_path, tiny_checkpoint):
     assert summary["faces"] == 6 and summary["suppressed_faces"] == 6
     assert pq.read_table(out).num_rows == 0
     assert read_metadata(out)["min_cell_count"] == 7
+
+
+def test_decoder_choice(tmp_path, tiny_checkpoint):
+    from agr_batch.decode_gpu import resolve_decoder
+
+    assert resolve_decoder("auto", "cpu") == "pyav"
+    assert resolve_decoder("pyav", "cuda") == "pyav"
+    with pytest.raises(ValueError, match="unknown decoder"):
+        resolve_decoder("ffmpeg", "cpu")
+    # Explicit GPU decoding where it cannot run is a usage error naming the fix.
+    result = _run_cli(
+        str(photos_dir() / "t1.jpg"), "--out", str(tmp_path / "o.parquet"),
+        "--model", str(tiny_checkpoint), "--decoder", "torchcodec",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "torchcodec" in result.stderr
