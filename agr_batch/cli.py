@@ -203,12 +203,18 @@ def _echo_error(message: str) -> None:
 @click.option(
     "--tracks", "tracks_out", type=click.Path(dir_okay=False), help="Also write a per-track table."
 )
+@click.option(
+    "--sequence",
+    is_flag=True,
+    help="Treat each folder's images as one timestamped sequence (tracked like a video).",
+)
 @processing_options
 def run(
     inputs: tuple[str, ...],
     out: str,
     faces_out: str | None,
     tracks_out: str | None,
+    sequence: bool,
     **opts: Any,
 ) -> None:
     """Detect and classify faces in videos, images and folders; write Parquet statistics."""
@@ -223,6 +229,7 @@ def run(
             out=Path(out),
             faces_out=Path(faces_out) if faces_out else None,
             tracks_out=Path(tracks_out) if tracks_out else None,
+            sequence=sequence,
             **processing_kwargs(opts),
         )
         summary = run_pipeline(

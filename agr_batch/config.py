@@ -125,12 +125,15 @@ class RunConfig(ProcessingConfig):
         out: Stats table path.
         faces_out: Optional per-face table path.
         tracks_out: Optional per-track table path.
+        sequence: Treat each folder's images as one timestamped sequence (tracked like a
+            video, ordered by capture time) instead of independent pictures.
     """
 
     inputs: tuple[str, ...]
     out: Path
     faces_out: Path | None = None
     tracks_out: Path | None = None
+    sequence: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,15 @@ from agr_batch.engines import build_engine
 from agr_batch.preprocess import PreprocessSpec
 from agr_batch.records import Detections, Frame, Predictions, TrackResult
 from agr_batch.sinks import ParquetStreamWriter, write_table
-from agr_batch.sources import MediaFile, SourceError, discover, frames, probe
+from agr_batch.sources import (
+    MediaFile,
+    SourceError,
+    capture_time,
+    discover,
+    frames,
+    image_frame,
+    probe,
+)
 from agr_batch.track import Tracker, TrackerConfig
 from agr_batch.vote import TrackVoter, VoteConfig
 
@@ -85,6 +94,55 @@ class RunSummary:
         d["frames_per_s"] = round(self.frames_per_s, 2)
         d["wall_s"] = round(self.wall_s, 3)
         return d
+
+
+@dataclass(frozen=True)
+class ImageSequence:
+    """The images of one folder, processed as one timestamped sequence (``--sequence``).
+
+    Attributes:
+        path: The folder (the ``source`` of its rows).
+        images: The images, ordered by capture time.
+        kind: Sequences are windowed and tracked like videos.
+    """
+
+    path: Path
+    images: tuple[Path, ...]
+    kind: str = "video"
+
+
+def group_sequences(media: Sequence[MediaFile]) -> list[MediaFile | ImageSequence]:
+    """Videos as they are; images grouped by folder into sequences ordered by capture time."""
+    out: list[MediaFile | ImageSequence] = []
+    folders: dict[Path, list[Path]] = {}
+    for m in media:
+        if m.kind == "image":
+            folders.setdefault(m.path.parent, []).append(m.path)
+        else:
+            out.append(m)
+    for folder, images in folders.items():
+        ordered = sorted(images, key=lambda p: (capture_time(p), str(p)))
+        out.append(ImageSequence(folder, tuple(ordered)))
+    return out
+
+
+def _sequence_frames(seq: ImageSequence, errors: list[str]) -> Iterator[Frame]:
+    """Frames of a sequence; unreadable images are reported and skipped."""
+    t0 = capture_time(seq.images[0])
+    for i, path in enumerate(seq.images):
+        try:
+            frame = image_frame(path)
+        except SourceError as e:
+            errors.append(str(e))
+            continue
+        when = capture_time(path)
+        yield Frame(
+            source=str(seq.path),
+            frame_index=i,
+            time_s=max(0.0, (when - t0).total_seconds()),
+            image=frame.image,
+            start_time=t0,
+        )
 
 
 # Messages between the stages.
@@ -177,8 +235,23 @@ def _timed(it: Iterator[Frame], times: StageTimes) -> Iterator[Frame]:
         yield item
 
 
+def _open_source(
+    m: MediaFile | ImageSequence, config: ProcessingConfig, decoder: str, seq_errors: list[str]
+) -> tuple[Iterator[Frame], float | None]:
+    """The frame generator of one source and its duration when known (a video's)."""
+    if isinstance(m, ImageSequence):
+        return _sequence_frames(m, seq_errors), None
+    if m.kind == "image":
+        return frames(m), None
+    duration = probe(m.path).duration_s
+    if decoder == "torchcodec" and not config.keyframes_only:
+        return torchcodec_frames(m.path, sample_fps=config.sample_fps), duration
+    it = frames(m, sample_fps=config.sample_fps, keyframes_only=config.keyframes_only)
+    return it, duration
+
+
 def _decode_worker(
-    media: tuple[MediaFile, ...],
+    media: tuple[MediaFile | ImageSequence, ...],
     config: ProcessingConfig,
     decoder: str,
     out: queue.Queue[Any],
@@ -190,15 +263,9 @@ def _decode_worker(
             _put(out, _SourceStart(m), stop)
             count, error = 0, None
             duration: float | None = None
+            seq_errors: list[str] = []
             try:
-                if m.kind == "video":
-                    duration = probe(m.path).duration_s
-                if decoder == "torchcodec" and m.kind == "video" and not config.keyframes_only:
-                    it = torchcodec_frames(m.path, sample_fps=config.sample_fps)
-                else:
-                    it = frames(
-                        m, sample_fps=config.sample_fps, keyframes_only=config.keyframes_only
-                    )
+                it, duration = _open_source(m, config, decoder, seq_errors)
                 for frame in _timed(iter(it), times):
                     _put(out, _FrameItem(m, frame), stop)
                     count += 1
@@ -208,6 +275,8 @@ def _decode_worker(
                 raise
             except Exception as e:  # a decoder bug must not stop the batch
                 error = f"{m.path}: cannot decode ({type(e).__name__}: {e})".splitlines()[0]
+            if seq_errors and error is None:
+                error = f"{seq_errors[0]} (and {len(seq_errors) - 1} more in the sequence)"
             _put(out, _SourceEnd(m, count, duration, error), stop)
         _put(out, _DONE, stop)
     except _CancelledError:
@@ -504,7 +573,7 @@ class Pipeline:
 
     def process(
         self,
-        media: Sequence[MediaFile],
+        media: Sequence[MediaFile | ImageSequence],
         on_source: Callable[[SourceResult], None],
         *,
         progress: bool = False,
@@ -585,6 +654,7 @@ def run(
     t_start = time.perf_counter()
     pipeline = Pipeline(config)
     found = discover(config.inputs)
+    media = group_sequences(found.media) if config.sequence else list(found.media)
     engine = pipeline.engine
     summary = RunSummary(backend=f"{engine.name} {engine.precision}", device=str(pipeline.device))
     problems = [f"{p}: no such file or directory" for p in found.missing]
@@ -630,7 +700,7 @@ def run(
     try:
         if faces_writer is not None:
             faces_writer.__enter__()
-        times = pipeline.process(found.media, on_source, progress=progress)
+        times = pipeline.process(media, on_source, progress=progress)
         t_w = time.perf_counter()
         write_table(
             config.out, aggregator.table(min_cell_count=config.min_cell_count), metadata=metadata

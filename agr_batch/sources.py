@@ -596,6 +596,20 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         )
 
 
+def capture_time(path: str | os.PathLike[str], *, exif_tz: dt.tzinfo | None = None) -> dt.datetime:
+    """When an image was taken: EXIF ``DateTimeOriginal`` (pixels are not decoded), else mtime.
+
+    Used to order a folder of snapshots as one timestamped sequence.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            when = _exif_time(im.getexif(), exif_tz)
+    except Exception:  # unreadable or not an image: its mtime still orders it
+        when = None
+    return when if when is not None else _mtime(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -243,3 +244,26 @@ def test_decoder_choice(tmp_path, tiny_checkpoint):
         "--model", str(tiny_checkpoint), "--decoder", "torchcodec",
     )  # fmt: skip
     assert result.exit_code == 2 and "torchcodec" in result.stderr
+
+
+def test_sequence_tracks_people_across_a_folder_of_snapshots(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    base = 1_700_000_000
+    # Three snapshots of the same six people, 2 s apart, named out of time order.
+    for name, offset in (("c.jpg", 0), ("a.jpg", 2), ("b.jpg", 4)):
+        shutil.copy(photos_dir() / "t1.jpg", folder / name)
+        os.utime(folder / name, (base + offset, base + offset))
+    independent = _run_cli(str(folder), "--out", str(tmp_path / "i.parquet"),
+                           "--model", str(tiny_checkpoint), "--json")  # fmt: skip
+    assert json.loads(independent.stdout)["visitors"] == 18
+    tracks = tmp_path / "tracks.parquet"
+    seq = _run_cli(
+        str(folder), "--out", str(tmp_path / "s.parquet"), "--tracks", str(tracks),
+        "--model", str(tiny_checkpoint), "--sequence", "--json",
+    )  # fmt: skip
+    summary = json.loads(seq.stdout)
+    assert summary["visitors"] == 6 and summary["faces"] == 18
+    t = pq.read_table(tracks).to_pandas()
+    assert set(t.source) == {str(folder)}
+    assert t.dwell_s.tolist() == pytest.approx([4.0] * 6)
