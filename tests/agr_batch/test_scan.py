@@ -82,6 +82,9 @@ def test_first_scan_then_unchanged_rerun_writes_nothing(tmp_path, tiny_checkpoin
     # Partitioned by the source's start date; readable as one table.
     table = pads.dataset(ds, partitioning="hive").to_table()
     assert "date" in table.column_names and table.num_rows > 0
+    import pandas as pd
+
+    assert pd.read_parquet(ds).faces.sum() == sum(expected.values())
 
 
 def test_modified_file_rows_are_replaced_not_added(tmp_path, tiny_checkpoint):
