@@ -133,6 +133,25 @@ _PROCESSING_OPTIONS = [
         show_default=True,
         help="Drop stats cells with fewer faces or people than this (privacy; 0 = keep all).",
     ),
+    click.option(
+        "--engine",
+        default="local",
+        show_default=True,
+        type=click.Choice(["local", "ray"]),
+        help="Run here, or on a Ray cluster (the `ray` extra).",
+    ),
+    click.option(
+        "--ray-address", help="Ray cluster address (default $RAY_ADDRESS, else a local cluster)."
+    ),
+    click.option("--workers", type=click.IntRange(min=1), help="Ray: pipelines (actors) to run."),
+    click.option(
+        "--segment",
+        "segment_s",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="Ray: split videos into segments of this many seconds (0 = never).",
+    ),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only."),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
     click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
@@ -177,6 +196,14 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
         ),
         "min_cell_count": opts["min_cell_count"],
         "decoder": opts["decoder"],
+    }
+
+
+def _ray_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "address": opts["ray_address"],
+        "workers": opts["workers"],
+        "segment_s": opts["segment_s"] or None,
     }
 
 
@@ -232,11 +259,13 @@ def run(
             sequence=sequence,
             **processing_kwargs(opts),
         )
-        summary = run_pipeline(
-            config,
-            progress=not (quiet or as_json) and sys.stderr.isatty(),
-            on_error=_echo_error,
-        )
+        progress = not (quiet or as_json) and sys.stderr.isatty()
+        if opts["engine"] == "ray":
+            from agr_batch.distributed import run_ray
+
+            summary = run_ray(config, progress=progress, on_error=_echo_error, **_ray_opts(opts))
+        else:
+            summary = run_pipeline(config, progress=progress, on_error=_echo_error)
     except _config_errors() as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -354,9 +383,13 @@ def scan(
         )
         if not Path(root).exists():
             fail(f"{root}: no such folder")
-        summary = run_scan(
-            config, progress=not (quiet or as_json) and sys.stderr.isatty(), on_error=on_error
-        )
+        progress = not (quiet or as_json) and sys.stderr.isatty()
+        if opts["engine"] == "ray":
+            from agr_batch.distributed import scan_ray
+
+            summary = scan_ray(config, progress=progress, on_error=on_error, **_ray_opts(opts))
+        else:
+            summary = run_scan(config, progress=progress, on_error=on_error)
     except LockedError as e:
         fail(str(e), EXIT_LOCKED)
     except _config_errors() as e:

@@ -641,18 +641,20 @@ def run(
     *,
     progress: bool = False,
     on_error: ErrorCallback = _default_on_error,
+    pipeline_factory: Callable[[ProcessingConfig], Any] | None = None,
 ) -> RunSummary:
     """Process ``config.inputs`` and write the stats (and optional faces/tracks) tables.
 
     Bad inputs are reported through ``on_error`` (one line naming the file and the reason)
-    and counted; processing goes on with the rest.
+    and counted; processing goes on with the rest. ``pipeline_factory`` replaces the local
+    :class:`Pipeline` (the Ray engine passes one that runs on a cluster).
 
     Raises:
         agr_batch.checkpoint.CheckpointError: If the model cannot be loaded.
         ValueError: For an unusable device or detector configuration.
     """
     t_start = time.perf_counter()
-    pipeline = Pipeline(config)
+    pipeline = (pipeline_factory or Pipeline)(config)
     found = discover(config.inputs)
     media = group_sequences(found.media) if config.sequence else list(found.media)
     engine = pipeline.engine

@@ -386,6 +386,7 @@ def scan(
     *,
     progress: bool = False,
     on_error: Callable[[str], None] = lambda m: log.error("%s", m),
+    pipeline_factory: Callable[[ProcessingConfig], Any] | None = None,
 ) -> ScanSummary:
     """Process new and changed files under ``config.root`` into ``config.dataset``.
 
@@ -419,7 +420,9 @@ def scan(
             _rename(dataset, state, old, new, run_id)
             summary.renamed += 1
         if work:
-            _process(config, dataset, state, work, run_id, summary, progress, on_error)
+            _process(
+                config, dataset, state, work, run_id, summary, progress, on_error, pipeline_factory
+            )
         if work or renames or touched or not (dataset.root / "_errors.parquet").exists():
             _write_errors(dataset, state)
         state.finish_run(
@@ -445,10 +448,11 @@ def _process(
     summary: ScanSummary,
     progress: bool,
     on_error: Callable[[str], None],
+    pipeline_factory: Callable[[ProcessingConfig], Any] | None,
 ) -> None:
     from agr_batch.runner import Pipeline, SourceResult
 
-    pipeline = Pipeline(config)
+    pipeline = (pipeline_factory or Pipeline)(config)
     metadata = pipeline.metadata(config)
     by_path = {str(w.media.path): w for w in work}
 

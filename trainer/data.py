@@ -127,6 +127,18 @@ def read_split(data_dir: str | os.PathLike[str], split: str, *, limit: int | Non
     path = csv_path(data_dir, split)
     if not path.is_file():
         raise DataError(f"{path}: no such label file (expected FairFace's layout under {data_dir})")
+    try:
+        samples = _read_rows(path, Path(data_dir))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable UTF-8 CSV ({e})") from None
+    if not samples:
+        raise DataError(f"{path}: no rows")
+    if limit is not None:
+        samples = samples[: max(0, limit)]
+    return Split(split, path, tuple(samples))
+
+
+def _read_rows(path: Path, data_dir: Path) -> list[Sample]:
     samples: list[Sample] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -146,12 +158,8 @@ def read_split(data_dir: str | os.PathLike[str], split: str, *, limit: int | Non
                 age, gender, race = (encode(head, record[head] or "") for head in HEADS)
             except (LabelError, DataError) as e:
                 raise DataError(f"{path}, row {row}: {e}") from None
-            samples.append(Sample(file, Path(data_dir) / file, row, age, gender, race))
-    if not samples:
-        raise DataError(f"{path}: no rows")
-    if limit is not None:
-        samples = samples[: max(0, limit)]
-    return Split(split, path, tuple(samples))
+            samples.append(Sample(file, data_dir / file, row, age, gender, race))
+    return samples
 
 
 class ImageError(Exception):
@@ -314,7 +322,7 @@ class Collate:
 
 
 def worker_init(worker_id: int) -> None:
-    """Seed a loader worker's global generators from its torch seed; one OpenCV thread.
+    """Seed a loader worker's global generators from its torch seed.
 
     The torch seed of a worker is derived from the loader's generator, itself seeded per
     epoch, so the workers' global state is reproducible too (augmentation does not use it).
@@ -323,7 +331,6 @@ def worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    cv2.setNumThreads(1)
 
 
 def default_workers() -> int:
@@ -349,12 +356,18 @@ def make_loader(
         batch_size: Samples per batch (before skipped images are removed).
         shuffle: Shuffle per epoch (training) or keep file order (evaluation).
         seed: Seed of the shuffle order.
-        workers: Loader worker processes (0 loads in the main process).
+        workers: Loader worker processes (0 loads in the main process). More than 0 also
+            switches OpenCV's threading off in this process: its pool does not survive fork.
         pin_memory: Page-locked batches (for CUDA).
 
     Returns:
         The loader, and its sampler: call ``sampler.set_epoch(e)`` before each epoch.
     """
+    if workers > 0:
+        # OpenCV's thread pool does not survive fork(): a worker forked after this process
+        # used the pool deadlocks in it. Workers do the OpenCV work, so this process (and so
+        # every worker forked from it) runs OpenCV single-threaded.
+        cv2.setNumThreads(0)
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
     # An explicit generator keeps the loader from drawing its worker seeds from (and so
     # advancing) the global torch generator that dropout uses.

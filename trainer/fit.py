@@ -351,15 +351,16 @@ def fit(config: FitConfig, *, hooks: Sequence[Hook] = ()) -> FitResult:
             log.info("the run had already stopped early; nothing to do")
 
     log.info(
-        "fit %s on %s: %d train / %d val images, %s at %dx%d, %s (%s), %d loader workers",
+        "fit %s (%dx%d) on %s: %d train / %d val images; %s, %s, %d torch threads, "
+        "%d loader workers",
         config.arch,
+        *spec.input_size,
         config.data,
         len(train_split),
         len(val_split),
-        config.arch,
-        *spec.input_size,
         device,
         precision.name,
+        torch.get_num_threads(),
         workers,
     )
     state = loop.run()

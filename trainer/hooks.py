@@ -26,7 +26,7 @@ from tqdm import tqdm
 from agr_batch.checkpoint import save_checkpoint
 from agr_batch.labels import HEADS
 from agr_batch.preprocess import PreprocessSpec
-from trainer.data import Batch, SkippedImage, prepare_epoch
+from trainer.data import Batch, EpochSampler, SkippedImage, prepare_epoch
 from trainer.engine import EpochStats, MultiHeadLoss, StepStats, evaluate, train_one_epoch
 from trainer.evaluators import Evaluator
 from trainer.runtime import FULL_PRECISION, Precision, capture_rng_state, restore_rng_state
@@ -249,7 +249,7 @@ class TrainLoop:
     def run_epoch(self, epoch: int) -> EpochRecord:
         """Train and validate epoch ``epoch`` (1-based) and update the state."""
         for loader in (self.train_loader, self.val_loader):
-            if hasattr(loader, "sampler"):
+            if isinstance(getattr(loader, "sampler", None), EpochSampler):
                 prepare_epoch(loader, epoch)  # type: ignore[arg-type]
         lr = float(self.optimizer.param_groups[0]["lr"])
         train = train_one_epoch(

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,25 +488,3 @@ def make_dataset(
     return SynthSummary(
         root=root, n_train=n_train, n_val=n_val, size=size, seed=seed, counts=counts
     )
-
-
-def contact_sheet(
-    root: str | Path, *, split: str = "train", n: int = 36, cols: int = 9
-) -> np.ndarray:
-    """Tile the first ``n`` images of a split into one RGB image, for a quick look."""
-    root = Path(root)
-    tiles = []
-    for i in range(1, n + 1):
-        bgr = cv2.imread(str(root / split / f"{i}.jpg"))
-        if bgr is None:
-            break
-        tiles.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    if not tiles:
-        raise ValueError(f"no images under {root / split}")
-    h, w = tiles[0].shape[:2]
-    rows = math.ceil(len(tiles) / cols)
-    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
-    for k, t in enumerate(tiles):
-        r, c = divmod(k, cols)
-        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = t
-    return sheet

@@ -66,9 +66,9 @@ def test_fit_cli_fails_up_front_on_unknown_label(small_data, tmp_path):
     root = _copy(small_data.root, tmp_path / "d")
     _set_label(root, "val", 5, "age", "adult")
     out = tmp_path / "run"
+    args = ["fit", "--data", str(root), "--arch", "tiny", "--out", str(out), "--epochs", "1"]
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "fit", "--data", str(root), "--arch", "tiny"]
-        + ["--out", str(out), "--epochs", "1"],
+        [sys.executable, "-m", "trainer.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
