@@ -109,4 +109,5 @@ def chips_to_tensor(chips: np.ndarray | Sequence[np.ndarray], spec: PreprocessSp
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    # Contiguous NCHW: the layout every backend (and every exported engine) expects.
+    return ((x - mean) / std).contiguous()

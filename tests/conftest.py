@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 
 from tests import media
+from trainer.fit import FitConfig, FitResult, fit
+from trainer.synth import SynthSummary, make_dataset
+
+# About 1500 faces at 64 px (tiny's input size): 1200 train, 300 val.
+SYNTH_N = 1500
+SYNTH_SIZE = 64
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +69,23 @@ def centerface():  # type: ignore[no-untyped-def]
 def t1_detections(centerface, t1_rgb):  # type: ignore[no-untyped-def]
     """CenterFace's detections on ``t1.jpg``."""
     return centerface.detect([t1_rgb])[0]
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    return make_dataset(tmp_path_factory.mktemp("synth") / "data", SYNTH_N, seed=0, size=SYNTH_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_data: SynthSummary, tmp_path_factory: pytest.TempPathFactory) -> FitResult:
+    """``tiny`` trained for 5 epochs on the synthetic set (lr 1e-3: 5 epochs of 19 steps)."""
+    config = FitConfig(
+        data=synth_data.root,
+        arch="tiny",
+        out=tmp_path_factory.mktemp("runs") / "tiny",
+        epochs=5,
+        lr=1e-3,
+        workers=0,
+        progress=False,
+    )
+    return fit(config)

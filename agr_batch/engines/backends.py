@@ -90,7 +90,13 @@ def inductor(ctx: BuildContext) -> Engine:
         path = cache.store("inductor", fields, ".pt2", _aoti_build(ctx))
         runner = torch._inductor.aoti_load_package(str(path))
     details["path"] = str(path)
-    return Engine("inductor", ctx.precision, runner, details=details)
+
+    def fn(x: torch.Tensor):
+        # The compiled code assumes the exported example's (contiguous NCHW) strides and
+        # does not check them: a channels_last view would be read as garbage.
+        return runner(x.contiguous())
+
+    return Engine("inductor", ctx.precision, fn, details=details, max_batch=ctx.max_batch)
 
 
 def tensorrt_available() -> bool:
@@ -146,7 +152,7 @@ def tensorrt(ctx: BuildContext) -> Engine:
     module = torch.export.load(str(path)).module()
 
     def fn(x: torch.Tensor):
-        return module(x.to(dtype))
+        return module(x.to(dtype).contiguous())
 
     return Engine(
         "tensorrt",

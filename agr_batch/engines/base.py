@@ -60,6 +60,8 @@ class Engine:
         pad_sizes: Batch sizes inputs are padded up to (empty: no padding), so engines built
             for fixed shapes never see a new one.
         details: Facts worth logging (cache path, build time, ...).
+        max_batch: Largest batch the compiled engine accepts; larger inputs are split (an
+            AOT engine given a batch outside its exported range computes garbage silently).
     """
 
     name: str
@@ -67,9 +69,16 @@ class Engine:
     fn: Callable[[torch.Tensor], Sequence[torch.Tensor]]
     pad_sizes: tuple[int, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    max_batch: int = MAX_BATCH
 
     def __call__(self, x: torch.Tensor) -> HeadLogits:
         """Classify ``x``, padding the batch when the engine wants fixed sizes."""
+        if x.shape[0] > self.max_batch:
+            parts = [self(chunk) for chunk in x.split(self.max_batch)]
+            return HeadLogits(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        return self._call(x)
+
+    def _call(self, x: torch.Tensor) -> HeadLogits:
         n = x.shape[0]
         target = next((s for s in self.pad_sizes if s >= n), n)
         if target != n:

@@ -172,3 +172,9 @@ def test_info_cli(tiny_ckpt, tmp_path):
     result = CliRunner().invoke(main, ["info", str(bad)])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and str(bad) in result.output
+
+
+def test_preprocess_output_is_contiguous_nchw():
+    spec = PreprocessSpec(input_size=(8, 8))
+    x = chips_to_tensor(torch.zeros(3, 8, 8, 3, dtype=torch.uint8).numpy(), spec)
+    assert x.is_contiguous()

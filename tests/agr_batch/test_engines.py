@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from agr_batch.checkpoint import load_checkpoint, save_checkpoint
+from agr_batch.checkpoint import load_checkpoint
 from agr_batch.cli import main
 from agr_batch.engines import (
     BackendUnavailableError,
@@ -18,34 +18,28 @@ from agr_batch.engines import (
     resolve_precision,
 )
 from agr_batch.engines.base import pad_sizes_for
-from agr_batch.models import create_model
 
 CPU = torch.device("cpu")
 # bf16 keeps ~3 significant digits: probabilities of a confident model move by well under this.
 PROB_TOL = 0.03
 
 
-def _confident_tiny(seed: int = 0) -> torch.nn.Module:
-    """A tiny model whose heads have clear winners, as a trained model's do."""
-    torch.manual_seed(seed)
-    model = create_model("tiny").eval()
-    with torch.no_grad():
-        for head in (model.heads.age, model.heads.gender, model.heads.race):
-            head[-1].weight.mul_(25.0)
-    return model
+@pytest.fixture(scope="module")
+def ckpt(tiny_run):
+    """``tiny`` trained on the synthetic faces: predictions with real margins."""
+    return load_checkpoint(tiny_run.best_checkpoint)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, _confident_tiny())
-    return load_checkpoint(path)
+def batch(synth_data, ckpt):
+    """The held-out synthetic faces, preprocessed exactly as the processor does."""
+    from PIL import Image
 
+    from agr_batch.preprocess import chips_to_tensor
 
-@pytest.fixture(scope="module")
-def batch():
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(200, 3, 64, 64, generator=g)
+    files = sorted((synth_data.root / "val").glob("*.jpg"))[:300]
+    chips = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return chips_to_tensor(chips, ckpt.meta.preprocess)
 
 
 def _engine(ckpt, backend, cache_dir, **kw):
@@ -103,8 +97,15 @@ def test_inductor_agrees_caches_and_is_chosen_by_auto(ckpt, batch, tmp_path):
     rate, diff = _agreement(engine, reference, batch)
     assert rate >= 0.99 and diff <= PROB_TOL
     # Any batch size 1..256 runs without a rebuild (dynamic batch dimension).
-    for n in (1, 7, 64, 200):
+    for n in (1, 7, 64, 256):
         assert engine(batch[:n]).age.shape == (n, 9)
+    # A channels_last view of the same batch must give the same answer (strides unchecked
+    # by compiled code).
+    with torch.inference_mode():
+        strided = engine(batch[:64].contiguous(memory_format=torch.channels_last))
+        plain = engine(batch[:64])
+    for a, b in zip(strided, plain, strict=True):
+        torch.testing.assert_close(a, b)
     again = _engine(ckpt, "inductor", tmp_path)
     assert again.details["cache_hit"] is True
     assert again.details["path"] == engine.details["path"]
@@ -216,3 +217,19 @@ def test_probabilities_sum_to_one_via_classifier(ckpt, tmp_path):
     assert len(preds) == 40
     for head in (preds.age, preds.gender, preds.race):
         np.testing.assert_allclose(head.sum(1), 1.0, atol=1e-4)
+
+
+def test_batches_beyond_the_engine_range_are_split(ckpt, batch):
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape[0])
+        return ckpt.model(x)
+
+    engine = Engine("eager", "fp32", fn, max_batch=128)
+    with torch.inference_mode():
+        out = engine(batch[:300])
+        ref = ckpt.model(batch[:300])
+    assert calls == [128, 128, 44]
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
