@@ -152,6 +152,21 @@ def test_merged_segments_get_unique_track_ids_and_the_first_error():
 # --- on a local Ray cluster
 
 
+def _assert_same_rows(mine, theirs, name):
+    """Identical except float jitter: a worker runs ORT and torch with fewer threads, which
+    changes the order of floating-point sums (differences around 1e-6)."""
+    a, b = mine.to_pandas(), theirs.to_pandas()
+    assert list(a.columns) == list(b.columns) and len(a) == len(b), name
+    for col in a.columns:
+        x, y = a[col], b[col]
+        if x.dtype.kind == "f":
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-3, err_msg=f"{name}.{col}")
+        elif x.dtype == object and len(x) and isinstance(x.iloc[0], np.ndarray):
+            np.testing.assert_allclose(np.stack(x), np.stack(y), atol=1e-4, err_msg=f"{name}.{col}")
+        else:
+            assert x.tolist() == y.tolist(), f"{name}.{col}"
+
+
 @requires_ray
 def test_ray_run_equals_local_run(ray_cluster, local_run, inputs, tiny_checkpoint, tmp_path):
     local, local_summary, local_errors = local_run
@@ -162,7 +177,7 @@ def test_ray_run_equals_local_run(ray_cluster, local_run, inputs, tiny_checkpoin
     for name in ("out", "faces_out", "tracks_out"):
         mine, theirs = pq.read_table(getattr(config, name)), pq.read_table(getattr(local, name))
         assert mine.schema.remove_metadata() == theirs.schema.remove_metadata(), name
-        assert mine.equals(theirs), name
+        _assert_same_rows(mine, theirs, name)
     stats = pq.read_table(config.out)
     assert pc.sum(stats["faces"]).as_py() == 6 * 12 + 6 + 1
     assert errors == local_errors and len(errors) == 1 and "broken.mp4" in errors[0]
