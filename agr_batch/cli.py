@@ -77,6 +77,11 @@ _PROCESSING_OPTIONS = [
     ),
     click.option("--keyframes-only", is_flag=True, help="Decode keyframes only (fast scan)."),
     click.option(
+        "--skip-nonref",
+        is_flag=True,
+        help="Skip decoding B-frames (faster; samples may move by a frame or two).",
+    ),
+    click.option(
         "--window", "window_s", default=60.0, show_default=True, help="Aggregation window, s."
     ),
     click.option("--detector", default="centerface", show_default=True, help="Face detector."),
@@ -177,6 +182,7 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
         "model": Path(opts["model"]),
         "sample_fps": opts["sample_fps"],
         "keyframes_only": opts["keyframes_only"],
+        "skip_nonref": opts["skip_nonref"],
         "window_s": opts["window_s"],
         "detector": DetectorConfig(
             name=opts["detector"],

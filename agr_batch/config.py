@@ -64,6 +64,8 @@ class ProcessingConfig:
         model: Checkpoint path.
         sample_fps: Frames sampled per second of video (by presentation time; 0 = all).
         keyframes_only: Decode keyframes alone (fast scans).
+        skip_nonref: Skip decoding frames nothing refers to (B-frames); sampled frames may
+            move by a frame or two.
         window_s: Aggregation window in seconds.
         detector: Detector configuration.
         batch_size: Faces per classifier call.
@@ -81,6 +83,7 @@ class ProcessingConfig:
     model: Path
     sample_fps: float = 2.0
     keyframes_only: bool = False
+    skip_nonref: bool = False
     window_s: float = 60.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     batch_size: int = 64

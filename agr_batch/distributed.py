@@ -324,6 +324,7 @@ def process_segment(pipeline: Pipeline, segment: Segment) -> tuple[SourceResult,
         start=segment.start,
         end=segment.end,
         keyframes_only=config.keyframes_only,
+        skip_nonref=config.skip_nonref,
     )
     try:
         for frame in _prefetch(decoded, config.queue_size, times):

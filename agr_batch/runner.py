@@ -246,7 +246,12 @@ def _open_source(
     duration = probe(m.path).duration_s
     if decoder == "torchcodec" and not config.keyframes_only:
         return torchcodec_frames(m.path, sample_fps=config.sample_fps), duration
-    it = frames(m, sample_fps=config.sample_fps, keyframes_only=config.keyframes_only)
+    it = frames(
+        m,
+        sample_fps=config.sample_fps,
+        keyframes_only=config.keyframes_only,
+        skip_nonref=config.skip_nonref,
+    )
     return it, duration
 
 

@@ -271,6 +271,7 @@ def frames(
     start: float | None = None,
     end: float | None = None,
     keyframes_only: bool = False,
+    skip_nonref: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exif_tz: dt.tzinfo | None = None,
 ) -> Iterator[Frame]:
@@ -282,6 +283,7 @@ def frames(
         start: Video only; see :func:`video_frames`.
         end: Video only; see :func:`video_frames`.
         keyframes_only: Video only; see :func:`video_frames`.
+        skip_nonref: Video only; see :func:`video_frames`.
         max_pixels: Image only; see :func:`image_frame`.
         exif_tz: Image only; see :func:`image_frame`.
 
@@ -298,7 +300,12 @@ def frames(
         kind = media_kind(path)
     if kind == "video":
         yield from video_frames(
-            path, sample_fps=sample_fps, start=start, end=end, keyframes_only=keyframes_only
+            path,
+            sample_fps=sample_fps,
+            start=start,
+            end=end,
+            keyframes_only=keyframes_only,
+            skip_nonref=skip_nonref,
         )
     elif kind == "image":
         yield image_frame(path, max_pixels=max_pixels, exif_tz=exif_tz)
@@ -313,6 +320,7 @@ def video_frames(
     start: float | None = None,
     end: float | None = None,
     keyframes_only: bool = False,
+    skip_nonref: bool = False,
 ) -> Iterator[Frame]:
     """Decode a video with PyAV and yield sampled frames as RGB.
 
@@ -331,6 +339,11 @@ def video_frames(
         end: Stop before the first frame at or after this many seconds.
         keyframes_only: Ask the decoder to skip every non-key frame
             (``skip_frame="NONKEY"``, several times faster) and sample among keyframes.
+        skip_nonref: Ask the decoder to skip frames no other frame refers to
+            (``skip_frame="NONREF"``: in x264 output about half the frames, the B-frames) and
+            sample among the rest; a sampled frame may then lie a frame or two after its
+            instant, and ``frame_index`` is derived from the timestamp (exact for constant
+            frame rate).
 
     Yields:
         Frames with ``time_s`` in seconds from the stream's start, ``frame_index`` the index
@@ -357,6 +370,8 @@ def video_frames(
         stream.thread_type = "AUTO"
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
+        elif skip_nonref:
+            stream.codec_context.skip_frame = "NONREF"
         start_time = _container_start_time(container) or _mtime(path)
         time_base = stream.time_base or Fraction(1, 1_000_000)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
@@ -398,6 +413,8 @@ def video_frames(
                     rotation_warned = True
                 # Display matrix angles are counter-clockwise, as is np.rot90.
                 image = np.ascontiguousarray(np.rot90(image, quarter % 4))
+            if skip_nonref and not keyframes_only:
+                index = round(t * rate)  # decoded frames are no longer consecutive
             yield Frame(str(path), index, t, image, start_time)
         if state.error is not None:
             raise SourceError(

@@ -369,3 +369,15 @@ def test_early_close_releases_the_file(clip_3s: media.WrittenVideo):
     if fd_dir.exists():
         open_files = {os.path.realpath(fd_dir / fd) for fd in os.listdir(fd_dir)}
         assert str(clip_3s.path.resolve()) not in open_files
+
+
+def test_skip_nonref_samples_near_the_same_instants(clip_3s):
+    from agr_batch.sources import video_frames
+
+    full = list(video_frames(clip_3s.path, sample_fps=2))
+    fast = list(video_frames(clip_3s.path, sample_fps=2, skip_nonref=True))
+    assert len(fast) == len(full)
+    for a, b in zip(full, fast, strict=True):
+        assert abs(a.time_s - b.time_s) <= 3 / 30  # within a few frames of the instant
+        assert b.frame_index == round(b.time_s * 30)
+        assert media.read_frame_number(b.image) == b.frame_index
