@@ -33,6 +33,9 @@ RUN apt-get update \
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS final
 ARG VARIANT
+# Extras to install, e.g. --build-arg EXTRAS="[ray]" for a KubeRay worker image (KubeRay
+# starts its own command, so override the entrypoint there).
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     AGR_BATCH_CACHE=/engines
@@ -41,7 +44,7 @@ WORKDIR /opt/agr-batch
 COPY pyproject.toml README.md ./
 COPY agr_batch ./agr_batch
 COPY trainer ./trainer
-RUN pip install --constraint /tmp/constraints.txt . \
+RUN pip install --constraint /tmp/constraints.txt ".${EXTRAS}" \
     && agr-batch --version
 
 RUN useradd --create-home --uid 10001 agr \
