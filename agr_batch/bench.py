@@ -14,7 +14,7 @@ import torch
 from agr_batch.checkpoint import load_checkpoint, save_checkpoint
 from agr_batch.classify import resolve_device
 from agr_batch.config import RunConfig
-from agr_batch.engines import BackendUnavailableError, build_engine
+from agr_batch.engines import BackendUnavailableError, engine_for_checkpoint
 from agr_batch.models import create_model
 from agr_batch.runner import RunSummary, run
 from agr_batch.samples import write_scene_video
@@ -75,14 +75,8 @@ def bench_engines(
     for backend in backends:
         ckpt = load_checkpoint(checkpoint, device=dev)
         try:
-            engine = build_engine(
-                backend,
-                ckpt.model,
-                input_size=ckpt.meta.preprocess.input_size,
-                device=dev,
-                checkpoint_sha256=ckpt.file_sha256,
-                cache_dir=cache_dir,
-                opt_batch=max(batch_sizes),
+            engine = engine_for_checkpoint(
+                backend, ckpt, device=dev, cache_dir=cache_dir, opt_batch=max(batch_sizes)
             )
         except BackendUnavailableError as e:
             results.append(EngineResult(backend, "-", 0, 0.0, note=str(e).split(";")[0]))

@@ -500,19 +500,17 @@ def compile_cmd(
 ) -> None:
     """Build a compiled engine ahead of time (for containers and cron) and print its path."""
     from agr_batch.classify import resolve_device
-    from agr_batch.engines import BackendUnavailableError, build_engine
+    from agr_batch.engines import BackendUnavailableError, engine_for_checkpoint
     from agr_batch.registry import RegistryError
 
     _setup_logging(0, quiet=False)
     try:
         dev = resolve_device(device)
         ckpt = load_checkpoint(checkpoint, device=dev)
-        engine = build_engine(
+        engine = engine_for_checkpoint(
             backend,
-            ckpt.model,
-            input_size=ckpt.meta.preprocess.input_size,
+            ckpt,
             device=dev,
-            checkpoint_sha256=ckpt.file_sha256,
             precision=precision,
             cache_dir=cache_dir,
             opt_batch=batch_size,

@@ -26,7 +26,7 @@ from agr_batch.classify import Classifier, resolve_device
 from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.decode_gpu import resolve_decoder, torchcodec_frames
 from agr_batch.detect import Detector, create_detector
-from agr_batch.engines import build_engine
+from agr_batch.engines import engine_for_checkpoint
 from agr_batch.preprocess import PreprocessSpec
 from agr_batch.records import Detections, Frame, Predictions, TrackResult
 from agr_batch.sinks import ParquetStreamWriter, write_table
@@ -539,13 +539,10 @@ class Pipeline:
         self.config = config
         self.device = resolve_device(config.device)
         self.checkpoint = load_checkpoint(config.model, device=self.device)
-        spec = self.checkpoint.meta.preprocess
-        self.engine = build_engine(
+        self.engine = engine_for_checkpoint(
             config.backend,
-            self.checkpoint.model,
-            input_size=spec.input_size,
+            self.checkpoint,
             device=self.device,
-            checkpoint_sha256=self.checkpoint.file_sha256,
             precision=config.precision,
             cache_dir=config.cache_dir,
             opt_batch=config.batch_size,

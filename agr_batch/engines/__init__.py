@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,9 @@ from agr_batch.engines.base import (
 )
 from agr_batch.engines.cache import EngineCache, default_cache_dir
 
+if TYPE_CHECKING:
+    from agr_batch.checkpoint import Checkpoint
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "EngineCache",
     "build_engine",
     "default_cache_dir",
+    "engine_for_checkpoint",
     "list_backends",
     "resolve_backend",
     "resolve_precision",
@@ -159,3 +164,25 @@ def build_engine(
         # ``auto`` never fails a run over an optimisation: fall back to the eager path.
         log.warning("backend %s failed to build (%s); falling back to channels_last", name, e)
         return BACKENDS.create("channels_last", ctx=context("channels_last"))
+
+
+def engine_for_checkpoint(
+    backend: str,
+    checkpoint: Checkpoint,
+    *,
+    device: torch.device,
+    precision: str = "auto",
+    cache_dir: str | Path | None = None,
+    opt_batch: int = 64,
+) -> Engine:
+    """:func:`build_engine` for a loaded checkpoint (its model, input size and file hash)."""
+    return build_engine(
+        backend,
+        checkpoint.model,
+        input_size=checkpoint.meta.preprocess.input_size,
+        device=device,
+        checkpoint_sha256=checkpoint.file_sha256,
+        precision=precision,
+        cache_dir=cache_dir,
+        opt_batch=opt_batch,
+    )

@@ -13,7 +13,7 @@ from agr_batch.engines import (
     BackendUnavailableError,
     Engine,
     EngineCache,
-    build_engine,
+    engine_for_checkpoint,
     list_backends,
     resolve_precision,
 )
@@ -43,15 +43,7 @@ def batch(synth_data, ckpt):
 
 
 def _engine(ckpt, backend, cache_dir, **kw):
-    return build_engine(
-        backend,
-        ckpt.model,
-        input_size=ckpt.meta.preprocess.input_size,
-        device=CPU,
-        checkpoint_sha256=ckpt.file_sha256,
-        cache_dir=cache_dir,
-        **kw,
-    )
+    return engine_for_checkpoint(backend, ckpt, device=CPU, cache_dir=cache_dir, **kw)
 
 
 def _agreement(engine, reference, x):
