@@ -30,6 +30,8 @@ class TrackerConfig:
         center_gate: Centre distance, in face sizes, within which non-overlapping boxes may
             still match (similarity falls linearly to 0 at the gate).
         velocity_smoothing: Weight of the newest velocity measurement (exponential average).
+        gate_reference_s: Gap at which the centre gate is ``center_gate``; longer gaps
+            widen it by the square root of their ratio to this.
     """
 
     high_score: float = 0.6
@@ -37,6 +39,7 @@ class TrackerConfig:
     max_gap_s: float = 3.0
     center_gate: float = 2.0
     velocity_smoothing: float = 0.5
+    gate_reference_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_gap_s <= 0:
@@ -74,8 +77,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def similarity(tracks: np.ndarray, dets: np.ndarray, center_gate: float) -> np.ndarray:
-    """IoU, or when boxes do not overlap, a centre-distance score gated by face size."""
+def similarity(tracks: np.ndarray, dets: np.ndarray, center_gate: float | np.ndarray) -> np.ndarray:
+    """IoU, or when boxes do not overlap, a centre-distance score gated by face size.
+
+    ``center_gate`` may be one value per track (gates widen with the time since a track was
+    last seen).
+    """
     iou = iou_matrix(tracks, dets)
     if iou.size == 0:
         return iou
@@ -86,7 +93,8 @@ def similarity(tracks: np.ndarray, dets: np.ndarray, center_gate: float) -> np.n
     dist = np.linalg.norm(ct[:, None, :] - cd[None, :, :], axis=2)
     scale = np.maximum((size_t[:, None] + size_d[None, :]) / 2, 1e-6)
     # Half weight: a close centre alone is weaker evidence than overlap.
-    near = 0.5 * np.clip(1.0 - dist / (center_gate * scale), 0.0, 1.0)
+    gate = np.broadcast_to(np.asarray(center_gate, float).reshape(-1, 1), scale.shape)
+    near = 0.5 * np.clip(1.0 - dist / (gate * scale), 0.0, 1.0)
     # Faces of very different sizes are different people even when centres are close.
     ratio = np.minimum(size_t[:, None], size_d[None, :]) / np.maximum(
         np.maximum(size_t[:, None], size_d[None, :]), 1e-6
@@ -139,7 +147,11 @@ class Tracker:
             if len(group) == 0 or not unmatched_tracks:
                 continue
             predicted = np.stack([self._tracks[i].predict(time_s) for i in unmatched_tracks])
-            sim = similarity(predicted, boxes[group], cfg.center_gate)
+            # The farther apart the observations (keyframe scans), the farther a face may
+            # have moved: the gate grows with the square root of the gap.
+            gaps = np.array([time_s - self._tracks[i].last_time for i in unmatched_tracks])
+            gates = cfg.center_gate * np.sqrt(np.maximum(1.0, gaps / cfg.gate_reference_s))
+            sim = similarity(predicted, boxes[group], gates)
             rows, cols = linear_sum_assignment(-sim)
             used = set()
             for r, c in zip(rows, cols, strict=True):

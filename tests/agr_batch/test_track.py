@@ -107,3 +107,16 @@ def test_near_face_of_same_size_matches_but_very_different_size_does_not():
 def test_config_validation():
     with pytest.raises(ValueError, match="max_gap_s"):
         TrackerConfig(max_gap_s=0)
+
+
+def test_gate_widens_with_the_gap_for_keyframe_scans():
+    # Faces 70 px wide walking 90 px/s, seen every 2 s: 180 px (2.6 face widths) per gap,
+    # beyond the 0.5 s gate but within the gap-widened one.
+    people = [(200, 300), (600, 300), (1000, 300)]
+    frames = [(t, [_box(x + 90 * t, y, 70) for x, y in people]) for t in np.arange(0, 12, 2.0)]
+    ids = _run(Tracker(TrackerConfig(max_gap_s=3.0)), frames)
+    assert all(list(f) == [0, 1, 2] for f in ids)
+    # At 0.5 s sampling the same jump is implausible and starts new tracks.
+    jumpy = [(t / 4, boxes) for t, boxes in frames]
+    ids = _run(Tracker(TrackerConfig(max_gap_s=3.0)), jumpy)
+    assert max(int(f.max()) for f in ids) > 2
