@@ -49,6 +49,20 @@ STATS_SCHEMA = pa.schema(
     ]
 )
 
+# Labels, the probability of each shown label, and the full vectors (in label order): the
+# columns _label_columns() fills, shared by the faces and tracks tables.
+_LABEL_FIELDS = [
+    ("age", pa.string()),
+    ("gender", pa.string()),
+    ("race", pa.string()),
+    ("age_prob", pa.float32()),
+    ("gender_prob", pa.float32()),
+    ("race_prob", pa.float32()),
+    ("age_probs", pa.list_(pa.float32())),
+    ("gender_probs", pa.list_(pa.float32())),
+    ("race_probs", pa.list_(pa.float32())),
+]
+
 FACES_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -60,15 +74,7 @@ FACES_SCHEMA = pa.schema(
         ("x2", pa.float32()),
         ("y2", pa.float32()),
         ("det_score", pa.float32()),
-        ("age", pa.string()),
-        ("gender", pa.string()),
-        ("race", pa.string()),
-        ("age_prob", pa.float32()),
-        ("gender_prob", pa.float32()),
-        ("race_prob", pa.float32()),
-        ("age_probs", pa.list_(pa.float32())),
-        ("gender_probs", pa.list_(pa.float32())),
-        ("race_probs", pa.list_(pa.float32())),
+        *_LABEL_FIELDS,
         ("classified", pa.bool_()),
     ]
 )
@@ -82,15 +88,7 @@ TRACKS_SCHEMA = pa.schema(
         ("dwell_s", pa.float64()),
         ("faces", pa.int64()),
         ("classified_faces", pa.int64()),
-        ("age", pa.string()),
-        ("gender", pa.string()),
-        ("race", pa.string()),
-        ("age_prob", pa.float32()),
-        ("gender_prob", pa.float32()),
-        ("race_prob", pa.float32()),
-        ("age_probs", pa.list_(pa.float32())),
-        ("gender_probs", pa.list_(pa.float32())),
-        ("race_probs", pa.list_(pa.float32())),
+        *_LABEL_FIELDS,
         ("start_time", pa.timestamp("us", tz="UTC")),
     ]
 )

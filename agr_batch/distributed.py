@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -54,7 +53,14 @@ from typing import TYPE_CHECKING, Any
 from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.engines import BackendUnavailableError
 from agr_batch.records import Frame, Predictions, TrackResult
-from agr_batch.runner import ImageSequence, RunSummary, SourceResult, StageTimes
+from agr_batch.runner import (
+    ImageSequence,
+    RunSummary,
+    SourceResult,
+    StageTimes,
+    detect_frame,
+    detection_error,
+)
 from agr_batch.sources import MediaFile, SourceError, VideoInfo, probe, video_frames
 
 if TYPE_CHECKING:
@@ -290,7 +296,6 @@ def process_segment(pipeline: Pipeline, segment: Segment) -> tuple[SourceResult,
     Returns:
         The segment's result (``duration_s`` left None, tracks sorted by id) and stage times.
     """
-    from agr_batch.align import align_faces
     from agr_batch.track import Tracker
     from agr_batch.vote import TrackVoter
 
@@ -329,20 +334,12 @@ def process_segment(pipeline: Pipeline, segment: Segment) -> tuple[SourceResult,
     try:
         for frame in _prefetch(decoded, config.queue_size, times):
             try:
-                t0 = time.perf_counter()
-                dets = pipeline.detector.detect([frame.image])[0]
-                t1 = time.perf_counter()
-                chips = align_faces(frame.image, dets.landmarks, spec)
-                t2 = time.perf_counter()
-                track_ids = tracker.update(dets.boxes, dets.scores, frame.time_s)
-                ended = tuple(tracker.pop_ended())
-                times.detect += t1 - t0
-                times.align += t2 - t1
-                times.track += time.perf_counter() - t2
+                dets, chips, track_ids, ended = detect_frame(
+                    pipeline.detector, spec, tracker, frame, times
+                )
             except Exception as e:
                 if error is None:
-                    msg = f"{frame.source}: face detection failed at {frame.time_s:.2f} s ({e})"
-                    error = msg.splitlines()[0]
+                    error = detection_error(frame, e)
                 continue
             count += 1
             if start_time is None:
@@ -1051,14 +1048,6 @@ def _relabel(result: SourceResult, sent: Source, original: Source) -> SourceResu
 
 def _log_error(message: str) -> None:
     log.error("%s", message)
-
-
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    """True when ``fn`` takes a parameter ``name``."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class _Factory:

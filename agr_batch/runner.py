@@ -291,6 +291,32 @@ def _decode_worker(
         out.put(_Crashed("decode", e))
 
 
+def detect_frame(
+    detector: Detector, spec: PreprocessSpec, tracker: Tracker, frame: Frame, times: StageTimes
+) -> tuple[Detections, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Detect, align and track one frame: detections, chips, track ids and ended tracks.
+
+    Shared by the local runner and the Ray segment workers so both do exactly the same.
+    """
+    t0 = time.perf_counter()
+    dets = detector.detect([frame.image])[0]
+    t1 = time.perf_counter()
+    chips = align_faces(frame.image, dets.landmarks, spec)
+    t2 = time.perf_counter()
+    # A new tracker per source: in an image each face is its own track (ids 0..n-1).
+    track_ids = tracker.update(dets.boxes, dets.scores, frame.time_s)
+    ended = tuple(tracker.pop_ended())
+    times.detect += t1 - t0
+    times.align += t2 - t1
+    times.track += time.perf_counter() - t2
+    return dets, chips, track_ids, ended
+
+
+def detection_error(frame: Frame, exc: BaseException) -> str:
+    """The one-line message for a frame whose detection failed."""
+    return f"{frame.source}: face detection failed at {frame.time_s:.2f} s ({exc})".splitlines()[0]
+
+
 def _detect_worker(
     detector: Detector,
     spec: PreprocessSpec,
@@ -313,20 +339,11 @@ def _detect_worker(
             if isinstance(msg, _FrameItem):
                 media, item = msg.media, msg.frame
                 try:
-                    t0 = time.perf_counter()
-                    dets = detector.detect([item.image])[0]
-                    t1 = time.perf_counter()
-                    chips = align_faces(item.image, dets.landmarks, spec)
-                    t2 = time.perf_counter()
-                    # Images are independent: each face is its own track (ids 0..n-1).
-                    track_ids = tracker.update(dets.boxes, dets.scores, item.time_s)
-                    ended = tuple(tracker.pop_ended())
-                    times.detect += t1 - t0
-                    times.align += t2 - t1
-                    times.track += time.perf_counter() - t2
+                    dets, chips, track_ids, ended = detect_frame(
+                        detector, spec, tracker, item, times
+                    )
                 except Exception as e:
-                    msg = f"{item.source}: face detection failed at {item.time_s:.2f} s ({e})"
-                    _put(out, _FrameFailed(media, msg.splitlines()[0]), stop)
+                    _put(out, _FrameFailed(media, detection_error(item, e)), stop)
                     continue
                 detected = _Detected(
                     media,
