@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint chromium clean
+.PHONY: demo test test-decode lint chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,34 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agr_batch trainer tests benchmarks examples
 	$(VENV)/bin/hadolint Dockerfile
 
-test: lint chromium
+test: lint chromium test-decode
 	$(PY) -m pytest -q
+
+# The decode tests again in light environments (PyAV, NumPy, Pillow; no torch): Python 3.12
+# with the newest PyAV (19.x needs Python >= 3.12) and the oldest PyAV the project accepts.
+# insightface is installed without its dependencies: only its bundled photos are used.
+PY312 ?= $(shell PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null || command -v python3.12)
+DECODE_TESTS := tests/agr_batch/test_sources.py
+AV_FLOOR := 17.1.0
+
+.venv-decode-py312/.stamp:
+	@test -n "$(PY312)" || { echo "Python 3.12 not found (pyenv 3.12.1 or python3.12 on PATH)"; exit 1; }
+	$(PY312) -m venv .venv-decode-py312
+	.venv-decode-py312/bin/pip install -q --upgrade av numpy pillow pytest
+	.venv-decode-py312/bin/pip install -q --no-deps insightface
+	touch $@
+
+.venv-decode-floor/.stamp:
+	$(PYTHON) -m venv .venv-decode-floor
+	.venv-decode-floor/bin/pip install -q av==$(AV_FLOOR) numpy pillow pytest
+	.venv-decode-floor/bin/pip install -q --no-deps insightface
+	touch $@
+
+test-decode: .venv-decode-py312/.stamp .venv-decode-floor/.stamp
+	PYTHONPATH=. .venv-decode-py312/bin/python -c "import sys, av; print('decode tests: Python', sys.version.split()[0], 'PyAV', av.__version__)"
+	PYTHONPATH=. .venv-decode-py312/bin/python -m pytest -q -p no:cacheprovider $(DECODE_TESTS)
+	PYTHONPATH=. .venv-decode-floor/bin/python -c "import sys, av; print('decode tests: Python', sys.version.split()[0], 'PyAV', av.__version__)"
+	PYTHONPATH=. .venv-decode-floor/bin/python -m pytest -q -p no:cacheprovider $(DECODE_TESTS)
 
 # The report test renders in headless Chromium (Debian's package); install it when possible.
 chromium:
@@ -35,4 +61,4 @@ chromium:
 	  else echo "chromium not installed: the report rendering test will be skipped"; fi; }
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-decode-py312 .venv-decode-floor build *.egg-info .pytest_cache .ruff_cache

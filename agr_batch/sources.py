@@ -49,6 +49,7 @@ __all__ = [
     "frames",
     "image_frame",
     "media_kind",
+    "open_container",
     "probe",
     "video_frames",
 ]
@@ -359,10 +360,7 @@ def video_frames(
     path = Path(path)
     _check_file(path)
     take_all = sample_fps is None or sample_fps <= 0
-    try:
-        container = av.open(str(path), metadata_errors="replace")
-    except av.FFmpegError as e:
-        raise SourceError(path, f"not a media file PyAV can open ({_ffmpeg_reason(e)})") from None
+    container = open_container(path)
     with container:
         if not container.streams.video:
             raise SourceError(path, "no video stream")
@@ -577,10 +575,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     """
     path = Path(path)
     _check_file(path)
-    try:
-        container = av.open(str(path), metadata_errors="replace")
-    except av.FFmpegError as e:
-        raise SourceError(path, f"not a media file PyAV can open ({_ffmpeg_reason(e)})") from None
+    container = open_container(path)
     with container:
         if not container.streams.video:
             raise SourceError(path, "no video stream")
@@ -643,6 +638,31 @@ def _check_file(path: Path) -> None:
         raise SourceError(path, "not a regular file")
     if st.st_size == 0:
         raise SourceError(path, "empty file")
+
+
+# PyAV 12-18 decode metadata strictly unless told ``metadata_errors="replace"`` (a camera's
+# invalid UTF-8 title would otherwise fail the whole file); PyAV 19 removed the keyword and
+# always decodes with ``surrogateescape``. Whether this PyAV takes it is learnt on first use.
+_OPEN_KWARGS: dict[str, str] = {"metadata_errors": "replace"}
+
+
+def open_container(path: Path) -> av.container.InputContainer:
+    """Open ``path`` for reading with whatever options this PyAV version accepts.
+
+    Raises:
+        SourceError: If FFmpeg cannot open the file.
+    """
+    global _OPEN_KWARGS
+    try:
+        try:
+            return av.open(str(path), **_OPEN_KWARGS)
+        except TypeError as e:
+            if not _OPEN_KWARGS or "metadata_errors" not in str(e):
+                raise
+            _OPEN_KWARGS = {}
+            return av.open(str(path))
+    except av.FFmpegError as e:
+        raise SourceError(path, f"not a media file PyAV can open ({_ffmpeg_reason(e)})") from None
 
 
 def _ffmpeg_reason(e: av.FFmpegError) -> str:

@@ -1,15 +1,22 @@
-"""Shared fixtures: real face photos, generated media and a loaded detector."""
+"""Shared fixtures: real face photos, generated media and a loaded detector.
+
+Fixtures import torch and the trainer lazily: the decode tests also run in a light
+environment with only PyAV, NumPy and Pillow (``make test-decode``), where neither exists.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from tests import media
-from trainer.fit import FitConfig, FitResult, fit
-from trainer.synth import SynthSummary, make_dataset
+
+if TYPE_CHECKING:
+    from trainer.fit import FitResult
+    from trainer.synth import SynthSummary
 
 # About 1500 faces at 64 px (tiny's input size): 1200 train, 300 val.
 SYNTH_N = 1500
@@ -73,12 +80,16 @@ def t1_detections(centerface, t1_rgb):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> SynthSummary:
+    from trainer.synth import make_dataset
+
     return make_dataset(tmp_path_factory.mktemp("synth") / "data", SYNTH_N, seed=0, size=SYNTH_SIZE)
 
 
 @pytest.fixture(scope="session")
 def tiny_run(synth_data: SynthSummary, tmp_path_factory: pytest.TempPathFactory) -> FitResult:
     """``tiny`` trained for 5 epochs on the synthetic set (lr 1e-3: 5 epochs of 19 steps)."""
+    from trainer.fit import FitConfig, fit
+
     config = FitConfig(
         data=synth_data.root,
         arch="tiny",

@@ -9,14 +9,13 @@ frame they got and which way up it is (:func:`read_frame_number`).
 from __future__ import annotations
 
 import datetime as dt
-import importlib.resources
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -28,7 +27,12 @@ _BIT_X0 = MARKER + CELL  # first bit cell's x
 
 def images_dir() -> Path:
     """insightface's bundled test photos (``t1.jpg`` has 6 faces, Tom Hanks one)."""
-    return Path(str(importlib.resources.files("insightface") / "data" / "images"))
+    # find_spec locates the package without importing it (its import needs onnxruntime and
+    # OpenCV, absent from the light decode-test environment).
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("insightface is not installed: it ships the test photos")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "images"
 
 
 def load_rgb(name: str) -> np.ndarray:
@@ -92,7 +96,7 @@ def _compose(
         if pan:
             scale *= 0.6
         w, h = max(1, int(src.shape[1] * scale)), max(1, int(src.shape[0] * scale))
-        fitted = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
+        fitted = np.asarray(Image.fromarray(src).resize((w, h), Image.Resampling.BOX))
         x = (width - w) // 2
         if pan:  # slide from the left edge to the right edge over the clip
             x = int((width - w) * i / max(n - 1, 1))
