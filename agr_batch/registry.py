@@ -18,11 +18,20 @@ class RegistryError(KeyError):
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered constructor and a one-line description."""
+    """A registered constructor, a one-line description and free-form tags.
+
+    Attributes:
+        name: Registered name.
+        constructor: Builds the component.
+        description: One line for help texts.
+        tags: Properties callers act on (e.g. ``"isolated"``: the engine backends whose
+            artefacts must first be built and run in a child process).
+    """
 
     name: str
     constructor: Callable[..., T]
     description: str
+    tags: frozenset[str] = frozenset()
 
 
 class Registry(Generic[T]):
@@ -37,7 +46,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
-        self, name: str, *, description: str = ""
+        self, name: str, *, description: str = "", tags: tuple[str, ...] = ()
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering a constructor under ``name``.
 
@@ -49,7 +58,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise RegistryError(f"{self.kind} {name!r} is already registered")
             doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-            self._entries[name] = Entry(name, fn, doc)
+            self._entries[name] = Entry(name, fn, doc, frozenset(tags))
             return fn
 
         return decorator

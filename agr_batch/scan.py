@@ -109,6 +109,7 @@ class ScanSummary:
     plan: list[str] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    build_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -120,6 +121,7 @@ class ScanSummary:
         d = dict(self.__dict__)
         d["exit_code"] = self.exit_code
         d["wall_s"] = round(self.wall_s, 3)
+        d["build_s"] = round(self.build_s, 3)
         return d
 
 
@@ -453,6 +455,7 @@ def _process(
     from agr_batch.runner import Pipeline, SourceResult
 
     pipeline = (pipeline_factory or Pipeline)(config)
+    summary.build_s = float(getattr(pipeline.engine, "details", {}).get("build_s", 0.0))
     metadata = pipeline.metadata(config)
     by_path = {str(w.media.path): w for w in work}
 

@@ -5,18 +5,27 @@ Backends (``agr-batch run --backend``):
 - ``eager``: plain fp32 PyTorch, the reference.
 - ``channels_last``: eager with channels_last and autocast (bf16 on CPUs with native bf16,
   fp16 on CUDA); no start-up cost.
+- ``compiled``: ``torch.compile`` with freezing on fixed batch buckets, replayed as CUDA
+  graphs on GPUs (fp16 weights).
 - ``inductor``: ``torch.export`` + AOTInductor package with a dynamic batch, cached on disk.
 - ``tensorrt``: Torch-TensorRT's dynamo path in fp16, cached on disk; only where TensorRT and
   an NVIDIA GPU are installed (the ``tensorrt`` extra).
 
-``auto`` picks ``tensorrt`` when CUDA and Torch-TensorRT are present, else ``inductor`` on
+The last three compile native code: each is first built, loaded and run in a child process
+and compared with eager (:mod:`agr_batch.engines.isolate`); a crash, hang or disagreement
+there marks the engine bad and never reaches the main process.
+
+``auto`` picks ``tensorrt`` when CUDA and Torch-TensorRT are present, else ``compiled`` on
 CUDA, and on CPU ``inductor`` when a compiled engine for this checkpoint is already cached
-(``agr-batch compile``) or ``channels_last`` otherwise, so no run pays a surprise compile.
+(``agr-batch compile``) or ``channels_last`` otherwise, so no CPU run pays a surprise compile.
+If the chosen engine fails its check, ``auto`` logs one warning and uses ``channels_last``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +35,13 @@ from agr_batch.engines import backends as _backends  # noqa: F401  (registers th
 from agr_batch.engines.backends import TENSORRT_MISSING, tensorrt_available
 from agr_batch.engines.base import (
     BACKENDS,
+    DEFAULT_BUILD_TIMEOUT_S,
+    ISOLATED,
     MAX_BATCH,
     BackendUnavailableError,
     BuildContext,
     Engine,
+    EngineBuildError,
     cache_fields,
 )
 from agr_batch.engines.cache import EngineCache, default_cache_dir
@@ -46,6 +58,7 @@ __all__ = [
     "BackendUnavailableError",
     "BuildContext",
     "Engine",
+    "EngineBuildError",
     "EngineCache",
     "build_engine",
     "default_cache_dir",
@@ -96,15 +109,16 @@ def resolve_backend(
         BACKENDS.entry(backend)  # unknown names fail loudly here
         return backend
     if device.type == "cuda":
-        choice = "tensorrt" if tensorrt_available() else "inductor"
+        choice = "tensorrt" if tensorrt_available() else "compiled"
         reason = "CUDA with Torch-TensorRT" if choice == "tensorrt" else "CUDA without TensorRT"
     else:
         cached = False
         if ctx_for_cache is not None:
             cache = ctx_for_cache.cache or EngineCache()
+            fields = cache_fields(ctx_for_cache, "inductor")
+            verdict = cache.verdict("inductor", fields) or {}
             cached = (
-                cache.lookup("inductor", cache_fields(ctx_for_cache, "inductor"), ".pt2")
-                is not None
+                verdict.get("ok", True) and cache.lookup("inductor", fields, ".pt2") is not None
             )
         choice = "inductor" if cached else "channels_last"
         reason = (
@@ -127,16 +141,43 @@ def build_engine(
     cache_dir: str | Path | None = None,
     opt_batch: int = 64,
     max_batch: int = MAX_BATCH,
+    batch_sizes: tuple[int, ...] = (),
+    checkpoint_path: Path | None = None,
+    build_timeout_s: float | None = None,
 ) -> Engine:
     """Build (or load from cache) the engine ``backend`` for ``model``.
 
+    Backends that compile native code are first built and run in a child process
+    (:func:`agr_batch.engines.isolate.ensure_verified`), which needs ``checkpoint_path``.
+    The returned engine's ``details["build_s"]`` holds the seconds spent building.
+
+    Args:
+        backend: A registered backend name or ``auto``.
+        model: The checkpoint's model.
+        input_size: (H, W) of the chips.
+        device: Where the engine runs.
+        checkpoint_sha256: File hash of the checkpoint (part of every cache key).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        cache_dir: Engine cache folder (default: :func:`default_cache_dir`).
+        opt_batch: Batch size to optimise for.
+        max_batch: Largest batch a dynamic engine accepts; larger inputs are split.
+        batch_sizes: Buckets for per-shape engines (default: a small one and ``opt_batch``).
+        checkpoint_path: The checkpoint file, loaded by the child-process check.
+        build_timeout_s: Seconds a child build may take (default ``$AGR_BATCH_BUILD_TIMEOUT``
+            or 900).
+
     Raises:
-        BackendUnavailableError: If the backend cannot run here (e.g. TensorRT missing).
+        BackendUnavailableError: If the backend cannot run here (e.g. TensorRT missing), or
+            (as :class:`EngineBuildError`) an explicitly requested engine crashed, hung or
+            disagreed with eager in its check.
         agr_batch.registry.RegistryError: For an unknown backend name.
     """
     if opt_batch > max_batch:
         raise ValueError(f"batch size {opt_batch} exceeds the engines' maximum of {max_batch}")
     cache = EngineCache(cache_dir)
+    timeout = build_timeout_s or float(
+        os.environ.get("AGR_BATCH_BUILD_TIMEOUT") or DEFAULT_BUILD_TIMEOUT_S
+    )
 
     def context(name: str) -> BuildContext:
         return BuildContext(
@@ -148,22 +189,34 @@ def build_engine(
             cache=cache,
             max_batch=max_batch,
             opt_batch=opt_batch,
+            batch_sizes=tuple(batch_sizes),
+            checkpoint_path=checkpoint_path,
+            build_timeout_s=timeout,
         )
 
     name = resolve_backend(backend, ctx_for_cache=context("inductor"), device=device)
     if name == "tensorrt" and not tensorrt_available():
         raise BackendUnavailableError(TENSORRT_MISSING)
     ctx = context(name)
+    t0 = time.perf_counter()
     try:
-        return BACKENDS.create(name, ctx=ctx)
-    except BackendUnavailableError:
-        raise
+        checked_s = None
+        if ISOLATED in BACKENDS.entry(name).tags:
+            from agr_batch.engines.isolate import ensure_verified
+
+            checked_s = ensure_verified(name, ctx).build_s
+        engine = BACKENDS.create(name, ctx=ctx)
+        if checked_s is not None:
+            # Seconds of the child-process check; 0 when an earlier run's verdict was reused.
+            engine.details["child_check_s"] = round(checked_s, 2)
     except Exception as e:
         if backend != "auto":
             raise
-        # ``auto`` never fails a run over an optimisation: fall back to the eager path.
-        log.warning("backend %s failed to build (%s); falling back to channels_last", name, e)
-        return BACKENDS.create("channels_last", ctx=context("channels_last"))
+        # ``auto`` never fails a run over an optimisation: one line, then the eager path.
+        log.warning("%s engine unusable here (%s); using channels_last", name, e)
+        engine = BACKENDS.create("channels_last", ctx=context("channels_last"))
+    engine.details["build_s"] = round(time.perf_counter() - t0, 2)
+    return engine
 
 
 def engine_for_checkpoint(
@@ -174,8 +227,10 @@ def engine_for_checkpoint(
     precision: str = "auto",
     cache_dir: str | Path | None = None,
     opt_batch: int = 64,
+    batch_sizes: tuple[int, ...] = (),
+    build_timeout_s: float | None = None,
 ) -> Engine:
-    """:func:`build_engine` for a loaded checkpoint (its model, input size and file hash)."""
+    """:func:`build_engine` for a loaded checkpoint (its model, input size, file and hash)."""
     return build_engine(
         backend,
         checkpoint.model,
@@ -185,4 +240,8 @@ def engine_for_checkpoint(
         precision=precision,
         cache_dir=cache_dir,
         opt_batch=opt_batch,
+        max_batch=max(MAX_BATCH, opt_batch, *batch_sizes),
+        batch_sizes=batch_sizes,
+        checkpoint_path=checkpoint.path,
+        build_timeout_s=build_timeout_s,
     )

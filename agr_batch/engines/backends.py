@@ -1,15 +1,23 @@
-"""The registered classifier backends: eager, channels_last, inductor, tensorrt."""
+"""The registered classifier backends: eager, channels_last, compiled, inductor, tensorrt.
+
+Backends tagged ``isolated`` compile native code; :func:`agr_batch.engines.build_engine`
+first builds and runs them in a child process (:mod:`agr_batch.engines.isolate`) and only
+then calls their constructor here, in the main process.
+"""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import time
 
 import torch
+from torch import nn
 
 from agr_batch.engines.base import (
     BACKENDS,
+    ISOLATED,
     BackendUnavailableError,
     BuildContext,
     Engine,
@@ -62,14 +70,109 @@ def _aoti_build(ctx: BuildContext):
     return build
 
 
+class HalfWrapper(nn.Module):
+    """The model with its weights in ``dtype`` and channels_last; float32 logits out.
+
+    On CUDA, casting the weights (rather than autocasting) lets Inductor emit pure
+    half-precision kernels and capture them in one CUDA graph.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(dtype=dtype, memory_format=torch.channels_last)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Classify ``x``; logits come back as float32."""
+        out = self.model(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+        return out[0].float(), out[1].float(), out[2].float()
+
+
+def _compile_target(ctx: BuildContext) -> nn.Module:
+    """A private copy of the model prepared for compilation at ``ctx.precision``."""
+    model = copy.deepcopy(ctx.model).to(ctx.device).eval()
+    dtype = _DTYPES[ctx.precision]
+    if ctx.device.type == "cuda" and dtype is not None:
+        return HalfWrapper(model, dtype).eval()
+    model = model.to(memory_format=torch.channels_last)
+    return PrecisionWrapper(model, ctx.device.type, dtype).eval()
+
+
 @BACKENDS.register(
-    "inductor", description="torch.export + AOTInductor, cached on disk (CPU and CUDA)"
+    "compiled",
+    description="torch.compile with freezing on fixed batch buckets (CUDA graphs on GPU)",
+    tags=(ISOLATED,),
+)
+def compiled(ctx: BuildContext) -> Engine:
+    """``torch.compile`` of the model for each batch bucket; inputs are padded to a bucket.
+
+    Freezing folds batch norm into the convolutions and treats weights as constants; on
+    CUDA the ``reduce-overhead`` mode replays each bucket as one CUDA graph. Compilation
+    happens here, once per process; Inductor's on-disk cache (filled by the child-process
+    check) makes it quick after the first time.
+    """
+    target = _compile_target(ctx)
+    cuda = ctx.device.type == "cuda"
+    # Shapes are fixed per bucket; dynamic shapes would cost speed and CUDA graphs.
+    fn = torch.compile(target, mode="reduce-overhead" if cuda else None, dynamic=False)
+    buckets = ctx.buckets
+    h, w = ctx.input_size
+    t0 = time.perf_counter()
+    with torch._inductor.config.patch(freezing=True), torch.inference_mode():
+        for b in buckets:
+            x = torch.zeros(b, 3, h, w, device=ctx.device)
+            # CUDA graphs are recorded on the second call and replayed from the third.
+            for _ in range(3 if cuda else 1):
+                if cuda:
+                    torch.compiler.cudagraph_mark_step_begin()
+                fn(x)
+    if cuda:
+        torch.cuda.synchronize(ctx.device)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode():
+            if not x.is_inference():
+                # The graphs were traced on inference tensors; a normal tensor has another
+                # dispatch key set and would trigger a recompilation.
+                x = x.clone()
+            if cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+            # A CUDA graph's outputs live in buffers the next replay overwrites.
+            return tuple(o.clone() for o in fn(x))
+
+    details = {"buckets": list(buckets), "compile_s": round(time.perf_counter() - t0, 2)}
+    return Engine(
+        "compiled", ctx.precision, run, pad_sizes=buckets, details=details, max_batch=buckets[-1]
+    )
+
+
+def _aoti_build(ctx: BuildContext):
+    wrapper = PrecisionWrapper(
+        copy.deepcopy(ctx.model).to(memory_format=torch.channels_last),
+        ctx.device.type,
+        _DTYPES[ctx.precision],
+    ).eval()
+
+    def build(path) -> None:
+        ep = export_dynamic_batch(wrapper, ctx)
+        # Freezing folds BN into convolutions and pre-packs weights for oneDNN on CPU.
+        torch._inductor.aoti_compile_and_package(
+            ep, package_path=str(path), inductor_configs={"freezing": True}
+        )
+
+    return build
+
+
+@BACKENDS.register(
+    "inductor",
+    description="torch.export + AOTInductor package, cached on disk (CPU; CUDA where it loads)",
+    tags=(ISOLATED,),
 )
 def inductor(ctx: BuildContext) -> Engine:
     """An AOTInductor package with a dynamic batch dimension, built once and cached.
 
-    The exported graph includes channels_last and the precision cast; the package is loaded
-    from the engine cache when an intact entry exists.
+    The exported graph includes channels_last and the precision cast. The package is built
+    and first loaded in the child-process check, so here it is normally a cache hit.
     """
     cache: EngineCache = ctx.cache or EngineCache()
     fields = cache_fields(ctx, "inductor")
@@ -79,16 +182,8 @@ def inductor(ctx: BuildContext) -> Engine:
         t0 = time.perf_counter()
         log.info("inductor: compiling %s engine (once per checkpoint and machine)", ctx.precision)
         path = cache.store("inductor", fields, ".pt2", _aoti_build(ctx))
-        details["build_s"] = round(time.perf_counter() - t0, 1)
-    try:
-        runner = torch._inductor.aoti_load_package(str(path))
-    except Exception as e:
-        # A package that hashes right but will not load (e.g. a library mismatch the key
-        # missed) is removed and rebuilt once.
-        log.warning("inductor: cached engine %s failed to load (%s); rebuilding", path, e)
-        cache.remove("inductor", cache.key(fields), ".pt2")
-        path = cache.store("inductor", fields, ".pt2", _aoti_build(ctx))
-        runner = torch._inductor.aoti_load_package(str(path))
+        details["compile_s"] = round(time.perf_counter() - t0, 1)
+    runner = torch._inductor.aoti_load_package(str(path))
     details["path"] = str(path)
 
     def fn(x: torch.Tensor):
@@ -111,7 +206,9 @@ TENSORRT_MISSING = (
 
 
 @BACKENDS.register(
-    "tensorrt", description="Torch-TensorRT dynamo path, fp16, cached on disk (CUDA only)"
+    "tensorrt",
+    description="Torch-TensorRT dynamo path, fp16, cached on disk (CUDA only)",
+    tags=(ISOLATED,),
 )
 def tensorrt(ctx: BuildContext) -> Engine:
     """A TensorRT engine built by Torch-TensorRT's dynamo frontend, saved and reloaded.
@@ -132,8 +229,8 @@ def tensorrt(ctx: BuildContext) -> Engine:
 
     if path is None:
         # Explicit typing (the default since Torch-TensorRT 2.9) follows the model's dtypes,
-        # so the model itself is cast to half instead of passing enabled_precisions.
-        model = ctx.model.to(ctx.device, dtype=dtype).eval()
+        # so (a copy of) the model is cast to half instead of passing enabled_precisions.
+        model = copy.deepcopy(ctx.model).to(ctx.device, dtype=dtype).eval()
         trt_input = torch_tensorrt.Input(
             min_shape=(1, 3, h, w),
             opt_shape=(ctx.opt_batch, 3, h, w),

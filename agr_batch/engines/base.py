@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,12 +17,23 @@ from agr_batch.registry import Registry
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 256
-"""Largest batch every compiled engine accepts (the exported batch dimension is 1..256)."""
+MAX_BATCH = 1024
+"""Largest batch every compiled engine accepts (the exported batch dimension is 1..1024)."""
+
+ISOLATED = "isolated"
+"""Registry tag of backends whose compiled artefacts are built, loaded and run in a child
+process first: native code that crashes there cannot take the run down."""
+
+DEFAULT_BUILD_TIMEOUT_S = 900.0
+"""How long a child build may take before it is killed and its engine marked bad."""
 
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here (missing library or device)."""
+
+
+class EngineBuildError(BackendUnavailableError):
+    """A compiled engine crashed, hung or disagreed with eager in its child-process check."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,11 @@ class BuildContext:
         cache: Engine cache for backends that compile ahead of time.
         max_batch: Largest batch the engine must accept.
         opt_batch: Batch size to optimise for (the run's ``--batch-size``).
+        batch_sizes: Fixed batch sizes (buckets) for engines compiled per shape; inputs are
+            padded up to the next one. Empty: :func:`default_buckets` of ``opt_batch``.
+        checkpoint_path: The checkpoint file, which a child build process loads.
+        in_child: True inside the child process that builds and checks an artefact.
+        build_timeout_s: Seconds a child build may take.
     """
 
     model: nn.Module
@@ -47,6 +64,15 @@ class BuildContext:
     cache: Any = None
     max_batch: int = MAX_BATCH
     opt_batch: int = 64
+    batch_sizes: tuple[int, ...] = ()
+    checkpoint_path: Path | None = None
+    in_child: bool = False
+    build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes a per-shape engine is compiled for, ascending."""
+        return tuple(sorted(set(self.batch_sizes))) or default_buckets(self.opt_batch)
 
 
 @dataclass
@@ -89,6 +115,15 @@ class Engine:
 
 
 BACKENDS: Registry[Engine] = Registry("backend")
+
+
+def default_buckets(opt_batch: int) -> tuple[int, ...]:
+    """A small bucket for the last, partial batches and the run's batch size.
+
+    Each bucket is one compilation (seconds each), and padding a few faces up to 16 costs
+    almost nothing, so two buckets serve a run whose calls are at most ``opt_batch`` faces.
+    """
+    return tuple(sorted({min(16, opt_batch), opt_batch}))
 
 
 def pad_sizes_for(max_batch: int) -> tuple[int, ...]:
@@ -136,7 +171,7 @@ def cache_fields(ctx: BuildContext, backend: str) -> dict[str, Any]:
     """The cache key fields of an engine built from ``ctx`` by ``backend``."""
     from agr_batch.engines.cache import device_name, library_versions
 
-    return {
+    fields: dict[str, Any] = {
         "checkpoint_sha256": ctx.checkpoint_sha256,
         "backend": backend,
         "precision": ctx.precision,
@@ -146,3 +181,6 @@ def cache_fields(ctx: BuildContext, backend: str) -> dict[str, Any]:
         "device": device_name(ctx.device),
         "versions": library_versions(),
     }
+    if backend == "compiled":
+        fields["buckets"] = list(ctx.buckets)
+    return fields

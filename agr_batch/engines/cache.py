@@ -105,6 +105,39 @@ class EngineCache:
         self.remove(backend, key, suffix)
         return None
 
+    def verdict_path(self, backend: str, fields: Mapping[str, Any]) -> Path:
+        """Where the child-process verdict of the engine ``fields`` describes is kept."""
+        return self.root / backend / f"{self.key(fields)}.verdict.json"
+
+    def verdict(self, backend: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The recorded verdict for ``fields``, or None (unreadable or foreign ones too)."""
+        path = self.verdict_path(backend, fields)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("engine cache: unreadable verdict %s ignored", path)
+            return None
+        if not isinstance(data, dict) or data.get("fields") != json.loads(
+            json.dumps(fields, default=str)
+        ):
+            return None
+        return data
+
+    def record_verdict(
+        self, backend: str, fields: Mapping[str, Any], verdict: Mapping[str, Any]
+    ) -> Path:
+        """Store a verdict for ``fields`` atomically; returns its path."""
+        path = self.verdict_path(backend, fields)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**verdict, "fields": json.loads(json.dumps(fields, default=str))}
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp_name, path)
+        return path
+
     def remove(self, backend: str, key: str, suffix: str) -> None:
         """Delete an entry's files."""
         for p in self.paths(backend, key, suffix):
