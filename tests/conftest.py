@@ -6,6 +6,7 @@ environment with only PyAV, NumPy and Pillow (``make test-decode``), where neith
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,3 +101,30 @@ def tiny_run(synth_data: SynthSummary, tmp_path_factory: pytest.TempPathFactory)
         progress=False,
     )
     return fit(config)
+
+
+# The device the ``cuda`` tests run on. Setting it to ``cpu`` dry-runs them without a GPU
+# (e.g. before spending GPU time): they then compare the CPU with itself.
+CUDA_TESTS_DEVICE = os.environ.get("AGR_CUDA_TESTS_DEVICE", "cuda")
+
+
+def _cuda_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    if CUDA_TESTS_DEVICE == "cpu":
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``cuda`` where there is no CUDA device, saying so."""
+    if not any("cuda" in item.keywords for item in items) or _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -193,10 +193,13 @@ def _compare_resume_config(stored: Mapping[str, Any], config: FitConfig, path: P
         )
 
 
-def _summary(config: FitConfig, n_train: int, n_val: int, precision: str) -> Any:
+def _summary(
+    config: FitConfig, n_train: int, n_val: int, precision: str, device: torch.device
+) -> Any:
     def build(loop: TrainLoop, record: EpochRecord) -> dict[str, Any]:
         return {
             "data": str(config.data.resolve()),
+            "device": str(device),
             "splits": {"train": n_train, "val": n_val},
             "epoch": record.epoch,
             "epochs": config.epochs,
@@ -318,7 +321,7 @@ def fit(config: FitConfig, *, hooks: Sequence[Hook] = ()) -> FitResult:
         CheckpointHook(
             out,
             preprocess=spec,
-            summary=_summary(config, len(train_split), len(val_split), precision.name),
+            summary=_summary(config, len(train_split), len(val_split), precision.name, device),
             config=config.to_dict(),
         ),
         *hooks,

