@@ -37,6 +37,7 @@ else
   PYTEST_ARGS=()
 fi
 CLI=("$PY" -m agr_batch.cli)
+BENCH_BACKENDS="${BENCH_BACKENDS:---backend eager --backend channels_last --backend compiled --backend inductor --backend tensorrt}"
 TRAIN=("$PY" -m trainer.cli)
 # Steps run in a child bash: the trainer's command goes there as a plain string.
 STEPS=("$@")
@@ -125,8 +126,7 @@ for s in "${STEPS[@]}"; do
     env) step env 60 env_info ;;
     pytest) step pytest 300 $PY -m pytest -q -p no:cacheprovider -m cuda -rsx "${PYTEST_ARGS[@]}" tests ;;
     bench) step bench 300 "${CLI[@]}" bench --device "$DEVICE" --arch "$ARCH" --only classifier \
-             --batch-sizes "$BATCHES" --backend eager --backend channels_last \
-             --backend compiled --backend inductor --backend tensorrt ;;
+             --batch-sizes "$BATCHES" $BENCH_BACKENDS ;;
     video) step video 120 make_video ;;
     e2e) step e2e 150 "${CLI[@]}" bench --device "$DEVICE" --arch "$E2E_ARCH" --only pipeline \
            --video "$WORK/scene.mp4" --backend auto ;;
