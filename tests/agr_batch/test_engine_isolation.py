@@ -240,3 +240,19 @@ def test_run_survives_a_crashing_build_on_the_fallback(ckpt, tmp_path, inject):
     summary = json.loads(proc.stdout)
     assert summary["backend"].startswith("channels_last") and summary["faces"] == 6
     assert out.exists()
+
+
+@pytest.mark.slow
+def test_quiet_run_prints_nothing_on_success_even_while_compiling(ckpt, tmp_path):
+    """Cron mails whatever reaches stderr: compiling must not leak torch's warnings."""
+    photo = tmp_path / "people.jpg"
+    Image.fromarray(media.load_rgb("t1.jpg")).save(photo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agr_batch.cli", "run", str(photo), "--out",
+         str(tmp_path / "s.parquet"), "--model", str(ckpt.path), "--device", "cpu",
+         "--backend", "compiled", "--quiet", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+    assert (tmp_path / "s.parquet").exists()
