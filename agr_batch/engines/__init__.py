@@ -45,6 +45,7 @@ from agr_batch.engines.base import (
     cache_fields,
 )
 from agr_batch.engines.cache import EngineCache, default_cache_dir
+from agr_batch.engines.kinds import KINDS, CenterFaceMaps, ModelKind, ModelSource, model_kind
 
 if TYPE_CHECKING:
     from agr_batch.checkpoint import Checkpoint
@@ -53,17 +54,22 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "KINDS",
     "MAX_BATCH",
     "TENSORRT_MISSING",
     "BackendUnavailableError",
     "BuildContext",
+    "CenterFaceMaps",
     "Engine",
     "EngineBuildError",
     "EngineCache",
+    "ModelKind",
+    "ModelSource",
     "build_engine",
     "default_cache_dir",
     "engine_for_checkpoint",
     "list_backends",
+    "model_kind",
     "resolve_backend",
     "resolve_precision",
 ]
@@ -134,35 +140,31 @@ def build_engine(
     backend: str,
     model: torch.nn.Module,
     *,
-    input_size: tuple[int, int],
+    source: ModelSource,
     device: torch.device,
-    checkpoint_sha256: str,
     precision: str = "auto",
     cache_dir: str | Path | None = None,
     opt_batch: int = 64,
     max_batch: int = MAX_BATCH,
     batch_sizes: tuple[int, ...] = (),
-    checkpoint_path: Path | None = None,
     build_timeout_s: float | None = None,
 ) -> Engine:
     """Build (or load from cache) the engine ``backend`` for ``model``.
 
     Backends that compile native code are first built and run in a child process
-    (:func:`agr_batch.engines.isolate.ensure_verified`), which needs ``checkpoint_path``.
-    The returned engine's ``details["build_s"]`` holds the seconds spent building.
+    (:func:`agr_batch.engines.isolate.ensure_verified`), which rebuilds the network from
+    ``source``. The returned engine's ``details["build_s"]`` holds the seconds spent building.
 
     Args:
         backend: A registered backend name or ``auto``.
-        model: The checkpoint's model.
-        input_size: (H, W) of the chips.
+        model: The network (fp32, eval mode).
+        source: Its file, hash, kind and input shape.
         device: Where the engine runs.
-        checkpoint_sha256: File hash of the checkpoint (part of every cache key).
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         cache_dir: Engine cache folder (default: :func:`default_cache_dir`).
         opt_batch: Batch size to optimise for.
         max_batch: Largest batch a dynamic engine accepts; larger inputs are split.
         batch_sizes: Buckets for per-shape engines (default: a small one and ``opt_batch``).
-        checkpoint_path: The checkpoint file, loaded by the child-process check.
         build_timeout_s: Seconds a child build may take (default ``$AGR_BATCH_BUILD_TIMEOUT``
             or 900).
 
@@ -182,15 +184,13 @@ def build_engine(
     def context(name: str) -> BuildContext:
         return BuildContext(
             model=model,
-            input_size=input_size,
+            source=source,
             device=device,
             precision=resolve_precision(precision, device, name),
-            checkpoint_sha256=checkpoint_sha256,
             cache=cache,
             max_batch=max_batch,
             opt_batch=opt_batch,
             batch_sizes=tuple(batch_sizes),
-            checkpoint_path=checkpoint_path,
             build_timeout_s=timeout,
         )
 
@@ -231,17 +231,16 @@ def engine_for_checkpoint(
     build_timeout_s: float | None = None,
 ) -> Engine:
     """:func:`build_engine` for a loaded checkpoint (its model, input size, file and hash)."""
+    h, w = checkpoint.meta.preprocess.input_size
     return build_engine(
         backend,
         checkpoint.model,
-        input_size=checkpoint.meta.preprocess.input_size,
+        source=ModelSource("classifier", checkpoint.path, checkpoint.file_sha256, (3, h, w)),
         device=device,
-        checkpoint_sha256=checkpoint.file_sha256,
         precision=precision,
         cache_dir=cache_dir,
         opt_batch=opt_batch,
         max_batch=max(MAX_BATCH, opt_batch, *batch_sizes),
         batch_sizes=batch_sizes,
-        checkpoint_path=checkpoint.path,
         build_timeout_s=build_timeout_s,
     )

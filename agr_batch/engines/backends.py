@@ -38,7 +38,7 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 )
 def eager(ctx: BuildContext) -> Engine:
     """The model as trained, in fp32."""
-    return Engine("eager", "fp32", ctx.model)
+    return Engine("eager", "fp32", ctx.model, output_type=ctx.kind.output_type)
 
 
 @BACKENDS.register(
@@ -52,7 +52,7 @@ def channels_last(ctx: BuildContext) -> Engine:
     """
     model = ctx.model.to(memory_format=torch.channels_last)
     wrapper = PrecisionWrapper(model, ctx.device.type, _DTYPES[ctx.precision]).eval()
-    return Engine("channels_last", ctx.precision, wrapper)
+    return Engine("channels_last", ctx.precision, wrapper, output_type=ctx.kind.output_type)
 
 
 def _aoti_build(ctx: BuildContext):
@@ -71,7 +71,7 @@ def _aoti_build(ctx: BuildContext):
 
 
 class HalfWrapper(nn.Module):
-    """The model with its weights in ``dtype`` and channels_last; float32 logits out.
+    """The model with its weights in ``dtype`` and channels_last; float32 outputs.
 
     On CUDA, casting the weights (rather than autocasting) lets Inductor emit pure
     half-precision kernels and capture them in one CUDA graph.
@@ -82,10 +82,10 @@ class HalfWrapper(nn.Module):
         self.model = model.to(dtype=dtype, memory_format=torch.channels_last)
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Classify ``x``; logits come back as float32."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run ``x``; outputs come back as float32."""
         out = self.model(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
-        return out[0].float(), out[1].float(), out[2].float()
+        return tuple(o.float() for o in out)
 
 
 def _compile_target(ctx: BuildContext) -> nn.Module:
@@ -116,11 +116,10 @@ def compiled(ctx: BuildContext) -> Engine:
     # Shapes are fixed per bucket; dynamic shapes would cost speed and CUDA graphs.
     fn = torch.compile(target, mode="reduce-overhead" if cuda else None, dynamic=False)
     buckets = ctx.buckets
-    h, w = ctx.input_size
     t0 = time.perf_counter()
     with torch._inductor.config.patch(freezing=True), torch.inference_mode():
         for b in buckets:
-            x = torch.zeros(b, 3, h, w, device=ctx.device)
+            x = torch.zeros(b, *ctx.sample_shape, device=ctx.device)
             # CUDA graphs are recorded on the second call and replayed from the third.
             for _ in range(3 if cuda else 1):
                 if cuda:
@@ -142,7 +141,13 @@ def compiled(ctx: BuildContext) -> Engine:
 
     details = {"buckets": list(buckets), "compile_s": round(time.perf_counter() - t0, 2)}
     return Engine(
-        "compiled", ctx.precision, run, pad_sizes=buckets, details=details, max_batch=buckets[-1]
+        "compiled",
+        ctx.precision,
+        run,
+        pad_sizes=buckets,
+        details=details,
+        max_batch=buckets[-1],
+        output_type=ctx.kind.output_type,
     )
 
 
@@ -191,7 +196,14 @@ def inductor(ctx: BuildContext) -> Engine:
         # does not check them: a channels_last view would be read as garbage.
         return runner(x.contiguous())
 
-    return Engine("inductor", ctx.precision, fn, details=details, max_batch=ctx.max_batch)
+    return Engine(
+        "inductor",
+        ctx.precision,
+        fn,
+        details=details,
+        max_batch=ctx.max_batch,
+        output_type=ctx.kind.output_type,
+    )
 
 
 def tensorrt_available() -> bool:
@@ -221,7 +233,7 @@ def tensorrt(ctx: BuildContext) -> Engine:
         raise BackendUnavailableError(TENSORRT_MISSING)
     import torch_tensorrt  # type: ignore[import-not-found]
 
-    h, w = ctx.input_size
+    shape = ctx.sample_shape
     dtype = torch.float16 if ctx.precision == "fp16" else torch.float32
     cache: EngineCache = ctx.cache or EngineCache()
     fields = cache_fields(ctx, "tensorrt")
@@ -232,15 +244,15 @@ def tensorrt(ctx: BuildContext) -> Engine:
         # so (a copy of) the model is cast to half instead of passing enabled_precisions.
         model = copy.deepcopy(ctx.model).to(ctx.device, dtype=dtype).eval()
         trt_input = torch_tensorrt.Input(
-            min_shape=(1, 3, h, w),
-            opt_shape=(ctx.opt_batch, 3, h, w),
-            max_shape=(ctx.max_batch, 3, h, w),
+            min_shape=(1, *shape),
+            opt_shape=(ctx.opt_batch, *shape),
+            max_shape=(ctx.max_batch, *shape),
             dtype=dtype,
         )
 
         def build(tmp) -> None:
             trt_gm = torch_tensorrt.compile(model, ir="dynamo", inputs=[trt_input])
-            example = torch.randn(ctx.opt_batch, 3, h, w, device=ctx.device, dtype=dtype)
+            example = torch.randn(ctx.opt_batch, *shape, device=ctx.device, dtype=dtype)
             torch_tensorrt.save(
                 trt_gm, str(tmp), output_format="exported_program", arg_inputs=[example]
             )
@@ -257,4 +269,5 @@ def tensorrt(ctx: BuildContext) -> Engine:
         fn,
         pad_sizes=pad_sizes_for(ctx.max_batch),
         details={"path": str(path)},
+        output_type=ctx.kind.output_type,
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.export import Dim
 
+from agr_batch.engines.kinds import ModelKind, ModelSource, model_kind
 from agr_batch.models import HeadLogits
 from agr_batch.registry import Registry
 
@@ -41,31 +41,28 @@ class BuildContext:
     """What a backend needs to build (or load from cache) an engine.
 
     Attributes:
-        model: The checkpoint's model, in eval mode.
-        input_size: (H, W) chips fed to the model.
+        model: The network in eval mode (fp32).
+        source: The file it came from and the shape of one input (a child process rebuilds
+            the network from it; its hash is part of every cache key).
         device: Where the engine runs.
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        checkpoint_sha256: File hash of the checkpoint (part of every cache key).
         cache: Engine cache for backends that compile ahead of time.
         max_batch: Largest batch the engine must accept.
         opt_batch: Batch size to optimise for (the run's ``--batch-size``).
         batch_sizes: Fixed batch sizes (buckets) for engines compiled per shape; inputs are
             padded up to the next one. Empty: :func:`default_buckets` of ``opt_batch``.
-        checkpoint_path: The checkpoint file, which a child build process loads.
         in_child: True inside the child process that builds and checks an artefact.
         build_timeout_s: Seconds a child build may take.
     """
 
     model: nn.Module
-    input_size: tuple[int, int]
+    source: ModelSource
     device: torch.device
     precision: str
-    checkpoint_sha256: str
     cache: Any = None
     max_batch: int = MAX_BATCH
     opt_batch: int = 64
     batch_sizes: tuple[int, ...] = ()
-    checkpoint_path: Path | None = None
     in_child: bool = False
     build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S
 
@@ -74,20 +71,36 @@ class BuildContext:
         """The batch sizes a per-shape engine is compiled for, ascending."""
         return tuple(sorted(set(self.batch_sizes))) or default_buckets(self.opt_batch)
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input."""
+        return self.source.sample_shape
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of one input."""
+        return self.source.sample_shape[1], self.source.sample_shape[2]
+
+    @property
+    def kind(self) -> ModelKind:
+        """What network this is (loading, checking, output type)."""
+        return model_kind(self.source.kind)
+
 
 @dataclass
 class Engine:
-    """A callable classifier: normalised float32 (B, 3, H, W) → float32 :class:`HeadLogits`.
+    """A compiled or eager network: float32 (B, C, H, W) → its float32 outputs.
 
     Attributes:
         name: Backend name.
         precision: Compute precision.
-        fn: The underlying callable (may return a tuple of three tensors).
+        fn: The underlying callable (returns a tuple of tensors).
         pad_sizes: Batch sizes inputs are padded up to (empty: no padding), so engines built
             for fixed shapes never see a new one.
         details: Facts worth logging (cache path, build time, ...).
         max_batch: Largest batch the compiled engine accepts; larger inputs are split (an
             AOT engine given a batch outside its exported range computes garbage silently).
+        output_type: Wraps the outputs (:class:`HeadLogits` for the classifier).
     """
 
     name: str
@@ -96,22 +109,23 @@ class Engine:
     pad_sizes: tuple[int, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     max_batch: int = MAX_BATCH
+    output_type: Callable[..., Any] = HeadLogits
 
-    def __call__(self, x: torch.Tensor) -> HeadLogits:
-        """Classify ``x``, padding the batch when the engine wants fixed sizes."""
+    def __call__(self, x: torch.Tensor) -> Any:
+        """Run ``x``, padding the batch when the engine wants fixed sizes."""
         if x.shape[0] > self.max_batch:
             parts = [self(chunk) for chunk in x.split(self.max_batch)]
-            return HeadLogits(*(torch.cat(p) for p in zip(*parts, strict=True)))
+            return self.output_type(*(torch.cat(p) for p in zip(*parts, strict=True)))
         return self._call(x)
 
-    def _call(self, x: torch.Tensor) -> HeadLogits:
+    def _call(self, x: torch.Tensor) -> Any:
         n = x.shape[0]
         target = next((s for s in self.pad_sizes if s >= n), n)
         if target != n:
             pad = x.new_zeros((target - n, *x.shape[1:]))
             x = torch.cat([x, pad])
         out = self.fn(x)
-        return HeadLogits(*(o[:n].float() for o in out))
+        return self.output_type(*(o[:n].float() for o in out))
 
 
 BACKENDS: Registry[Engine] = Registry("backend")
@@ -135,7 +149,7 @@ def pad_sizes_for(max_batch: int) -> tuple[int, ...]:
 
 
 class PrecisionWrapper(nn.Module):
-    """Runs ``model`` in channels_last with autocast to ``dtype``; returns float32 logits.
+    """Runs ``model`` in channels_last with autocast to ``dtype``; returns float32 outputs.
 
     This is the module exported by the ahead-of-time backends, so the cast is part of the
     compiled graph.
@@ -147,21 +161,20 @@ class PrecisionWrapper(nn.Module):
         self.device_type = device_type
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Classify ``x``; logits come back as float32."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run ``x``; outputs come back as float32."""
         x = x.contiguous(memory_format=torch.channels_last)
         if self.dtype is None:
             out = self.model(x)
         else:
             with torch.autocast(self.device_type, dtype=self.dtype):
                 out = self.model(x)
-        return out[0].float(), out[1].float(), out[2].float()
+        return tuple(o.float() for o in out)
 
 
 def export_dynamic_batch(module: nn.Module, ctx: BuildContext) -> torch.export.ExportedProgram:
     """``torch.export`` ``module`` with a dynamic batch dimension 1..``ctx.max_batch``."""
-    h, w = ctx.input_size
-    example = torch.randn(2, 3, h, w, device=ctx.device)
+    example = torch.randn(2, *ctx.sample_shape, device=ctx.device)
     batch = Dim("batch", min=1, max=ctx.max_batch)
     with torch.no_grad():
         return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
@@ -172,12 +185,13 @@ def cache_fields(ctx: BuildContext, backend: str) -> dict[str, Any]:
     from agr_batch.engines.cache import device_name, library_versions
 
     fields: dict[str, Any] = {
-        "checkpoint_sha256": ctx.checkpoint_sha256,
+        "model": ctx.source.kind,
+        "model_sha256": ctx.source.sha256,
         "backend": backend,
         "precision": ctx.precision,
         "batch_range": [1, ctx.max_batch],
         "opt_batch": ctx.opt_batch,
-        "input_size": list(ctx.input_size),
+        "sample_shape": list(ctx.sample_shape),
         "device": device_name(ctx.device),
         "versions": library_versions(),
     }

@@ -23,44 +23,44 @@ def main() -> int:
     """Handle one request; the exit code is 0 whenever a verdict was printed."""
     faulthandler.enable()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from agr_batch.checkpoint import load_checkpoint
     from agr_batch.engines import BACKENDS, BuildContext, EngineCache
     from agr_batch.engines.cache import sha256_file
-    from agr_batch.engines.isolate import MAX_PROB_DIFF, MIN_AGREEMENT, compare_with_eager
+    from agr_batch.engines.isolate import compare_with_eager
+    from agr_batch.engines.kinds import ModelSource, model_kind
 
     request = json.loads(sys.stdin.read())
     t0 = time.perf_counter()
     device = torch.device(request["device"])
-    ckpt = load_checkpoint(request["checkpoint"], device=device)
-    reference = copy.deepcopy(ckpt.model).float().eval()
+    source = ModelSource.from_dict(request["source"])
+    kind = model_kind(source.kind)
+    model = kind.load(source.path, device)
+    reference = copy.deepcopy(model).float().eval()
     ctx = BuildContext(
-        model=ckpt.model,
-        input_size=tuple(request["input_size"]),
+        model=model,
+        source=source,
         device=device,
         precision=request["precision"],
-        checkpoint_sha256=ckpt.file_sha256,
         cache=EngineCache(request["cache_dir"]),
         max_batch=request["max_batch"],
         opt_batch=request["opt_batch"],
         batch_sizes=tuple(request["batch_sizes"]),
-        checkpoint_path=Path(request["checkpoint"]),
         in_child=True,
     )
     engine = BACKENDS.create(request["backend"], ctx=ctx)
     agreement, diff = compare_with_eager(engine, reference, ctx)
-    ok = agreement >= MIN_AGREEMENT and diff <= MAX_PROB_DIFF
+    ok = agreement >= kind.min_agreement and diff <= kind.max_diff
     artefact = engine.details.get("path")
     verdict = {
         "ok": ok,
         "reason": "ok"
         if ok
         else (
-            f"disagrees with eager fp32: label agreement {agreement:.3f} "
-            f"(need >= {MIN_AGREEMENT}), probability difference {diff:.3g} "
-            f"(need <= {MAX_PROB_DIFF})"
+            f"disagrees with eager fp32: agreement {agreement:.3f} "
+            f"(need >= {kind.min_agreement}), largest difference {diff:.3g} "
+            f"(need <= {kind.max_diff})"
         ),
         "agreement": agreement,
-        "max_prob_diff": diff,
+        "max_diff": diff,
         "artefact": artefact,
         "artefact_sha256": sha256_file(Path(artefact)) if artefact else None,
         "child_s": round(time.perf_counter() - t0, 2),

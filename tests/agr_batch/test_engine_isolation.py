@@ -145,14 +145,14 @@ def test_compiled_engine_agrees_and_its_check_is_reused(ckpt, synth_data, tmp_pa
 
 
 def engine_ctx(ckpt, cache_dir, backend, opt_batch=64):
-    from agr_batch.engines import BuildContext, resolve_precision
+    from agr_batch.engines import BuildContext, ModelSource, resolve_precision
 
+    h, w = ckpt.meta.preprocess.input_size
     return BuildContext(
         model=ckpt.model,
-        input_size=ckpt.meta.preprocess.input_size,
+        source=ModelSource("classifier", ckpt.path, ckpt.file_sha256, (3, h, w)),
         device=CPU,
         precision=resolve_precision("auto", CPU, backend),
-        checkpoint_sha256=ckpt.file_sha256,
         cache=EngineCache(cache_dir),
         opt_batch=opt_batch,
     )
