@@ -34,6 +34,23 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _fold_bn(deconv: nn.Module, node: Any, weights: dict[str, torch.Tensor]) -> None:
+    """Fold an inference batch norm into the ``ConvTranspose2d`` that feeds it (in place)."""
+    eps = float(_attrs(node).get("epsilon", 1e-5))
+    gamma, beta, mean, var = (weights[n].double() for n in node.input[1:5])
+    scale = gamma / torch.sqrt(var + eps)
+    assert isinstance(deconv, nn.ConvTranspose2d)
+    groups, out_per_group = deconv.groups, deconv.weight.shape[1]
+    # Transposed-convolution weights are (in, out / groups, kh, kw): output channels on dim 1.
+    w = deconv.weight.data.double().view(groups, -1, out_per_group, *deconv.weight.shape[2:])
+    w = w * scale.view(groups, 1, out_per_group, 1, 1)
+    bias = deconv.bias.data.double() if deconv.bias is not None else torch.zeros_like(mean)
+    deconv.weight.data.copy_(w.view_as(deconv.weight).float())
+    if deconv.bias is None:
+        deconv.bias = nn.Parameter(torch.zeros(scale.shape[0]))
+    deconv.bias.data.copy_(((bias - mean) * scale + beta).float())
+
+
 def _padding(pads: list[int]) -> tuple[int, int]:
     """ONNX [top, left, bottom, right] pads as torch's symmetric (pad_h, pad_w)."""
     top, left, bottom, right = pads
@@ -54,15 +71,37 @@ class CenterFaceNet(nn.Module):
         from onnx import numpy_helper
 
         graph = model.graph
-        weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+        weights = {
+            t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer
+        }
         self.input_name = next(i.name for i in graph.input if i.name not in weights)
         self.output_names = tuple(o.name for o in graph.output)
         self.layers = nn.ModuleList()
         # (op, input names, output name, index into self.layers or -1)
         self.program: list[tuple[str, tuple[str, ...], str, int]] = []
+        consumers: dict[str, int] = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers[name] = consumers.get(name, 0) + 1
+        producer: dict[str, int] = {}  # tensor name -> index into self.program
         for node in graph.node:
             if node.op_type not in _SUPPORTED:
                 raise DetectorError(f"centerface: unsupported ONNX operator {node.op_type!r}")
+            source = producer.get(node.input[0])
+            if (
+                node.op_type == "BatchNormalization"
+                and source is not None
+                and self.program[source][0] == "ConvTranspose"
+                and consumers.get(node.input[0]) == 1
+            ):
+                # Fold the batch norm into the transposed convolution before it. Exact, one
+                # layer less, and it keeps Inductor's freezing pass away from this pattern,
+                # which it folds wrongly (the heatmap moved by 0.34 in torch 2.14).
+                op, inputs, _, index = self.program[source]
+                _fold_bn(self.layers[index], node, weights)
+                self.program[source] = (op, inputs, node.output[0], index)
+                producer[node.output[0]] = source
+                continue
             layer = self._layer(node, weights)
             index = -1
             if layer is not None:
@@ -70,6 +109,7 @@ class CenterFaceNet(nn.Module):
                 index = len(self.layers) - 1
             data = (node.input[0],) if layer is not None else tuple(node.input)
             self.program.append((node.op_type, data, node.output[0], index))
+            producer[node.output[0]] = len(self.program) - 1
         self.eval()
 
     @staticmethod
