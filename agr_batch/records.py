@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,11 @@ def _check(name: str, array: np.ndarray, shape: tuple[int | None, ...], dtype: t
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
 
 
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor, recognised without importing torch (light decode environments)."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "device")
+
+
 @dataclass(frozen=True, eq=False)
 class Frame:
     """One decoded RGB frame of a video, or one image.
@@ -34,18 +40,27 @@ class Frame:
         source: The input file's path, as a string.
         frame_index: Index of the frame in decode order (0 for an image).
         time_s: Seconds from the start of the source (0 for an image).
-        image: (H, W, 3) uint8 RGB pixels.
+        image: (H, W, 3) uint8 RGB pixels: a NumPy array on the host, or a torch tensor on
+            the device that decoded it (GPU decoders), where the next stages read it.
         start_time: Absolute (timezone-aware) time of the source's start, when known.
     """
 
     source: str
     frame_index: int
     time_s: float
-    image: np.ndarray
+    image: Any
     start_time: dt.datetime | None = None
 
     def __post_init__(self) -> None:
-        _check("Frame.image", self.image, (None, None, 3), np.uint8)
+        if _is_tensor(self.image):
+            image = self.image
+            if image.ndim != 3 or image.shape[2] != 3 or str(image.dtype) != "torch.uint8":
+                raise ValueError(
+                    f"Frame.image: expected an (H, W, 3) uint8 tensor, got {image.dtype} "
+                    f"{tuple(image.shape)}"
+                )
+        else:
+            _check("Frame.image", self.image, (None, None, 3), np.uint8)
         if self.frame_index < 0:
             raise ValueError(f"Frame.frame_index: expected >= 0, got {self.frame_index}")
         if self.start_time is not None and self.start_time.tzinfo is None:
@@ -60,6 +75,11 @@ class Frame:
     def width(self) -> int:
         """Image width in pixels."""
         return int(self.image.shape[1])
+
+    @property
+    def on_device(self) -> bool:
+        """True when the pixels are a torch tensor (e.g. decoded on the GPU)."""
+        return _is_tensor(self.image)
 
     @property
     def absolute_time(self) -> dt.datetime | None:

@@ -44,6 +44,7 @@ __all__ = [
     "MediaFile",
     "MediaKind",
     "SourceError",
+    "StreamFacts",
     "VideoInfo",
     "discover",
     "frames",
@@ -51,6 +52,7 @@ __all__ = [
     "media_kind",
     "open_container",
     "probe",
+    "stream_facts",
     "video_frames",
 ]
 
@@ -565,6 +567,47 @@ def image_frame(
         rgb = _to_rgb(upright)
     start_time = (_exif_time(exif, exif_tz) if exif is not None else None) or _mtime(path)
     return Frame(str(path), 0, 0.0, rgb, start_time)
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    """What another decoder needs to time and orient a video stream as PyAV does.
+
+    Attributes:
+        time_base: Seconds per PTS unit.
+        origin: PTS of the stream's start (None: the first frame's PTS).
+        rate: Average frame rate (30 when the container does not say).
+        rotation: Counter-clockwise display rotation in degrees.
+        start_time: Recording start (``creation_time``, else the file's mtime).
+    """
+
+    time_base: Fraction
+    origin: int | None
+    rate: float
+    rotation: int
+    start_time: dt.datetime
+
+
+def stream_facts(path: Path, container: av.container.InputContainer) -> StreamFacts:
+    """Timing and orientation of the first video stream of an opened ``container``.
+
+    Decodes at most the first frame (for the display rotation).
+    """
+    stream = container.streams.video[0]
+    rotation = 0
+    try:
+        for frame in container.decode(stream):
+            rotation = int(frame.rotation) % 360
+            break
+    except av.FFmpegError as e:
+        raise SourceError(path, f"decoding failed ({_ffmpeg_reason(e)})") from None
+    return StreamFacts(
+        time_base=stream.time_base or Fraction(1, 1_000_000),
+        origin=stream.start_time,
+        rate=float(stream.average_rate or stream.guessed_rate or 0) or 30.0,
+        rotation=rotation,
+        start_time=_container_start_time(container) or _mtime(path),
+    )
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
