@@ -33,7 +33,8 @@ if [ "$DEVICE" = cpu ]; then  # dry run: small sizes
   VIDEO_S=4 SIZE="640,360" BATCHES="16,64" ARCH=tiny E2E_ARCH=tiny SYNTH_N=200
   PYTEST_ARGS=(-x)
 else
-  VIDEO_S=60 SIZE="1920,1080" BATCHES="64,256,1024" ARCH=paper E2E_ARCH=compact SYNTH_N=3000
+  VIDEO_S=60 SIZE="1920,1080" BATCHES="64,256,1024" ARCH=paper E2E_ARCH=compact
+  SYNTH_N="${SYNTH_N:-3000}"
   PYTEST_ARGS=()
 fi
 CLI=("$PY" -m agr_batch.cli)
@@ -124,7 +125,8 @@ export TRAIN_CMD="${TRAIN[*]}"
 for s in "${STEPS[@]}"; do
   case $s in
     env) step env 60 env_info ;;
-    pytest) step pytest 300 $PY -m pytest -q -p no:cacheprovider -m cuda -rsx "${PYTEST_ARGS[@]}" tests ;;
+    pytest) step pytest 300 $PY -m pytest -q -p no:cacheprovider -m cuda -rsx "${PYTEST_ARGS[@]}" \
+              ${PYTEST_FILES:-tests} ;;
     bench) step bench 300 "${CLI[@]}" bench --device "$DEVICE" --arch "$ARCH" --only classifier \
              --batch-sizes "$BATCHES" $BENCH_BACKENDS ;;
     video) step video 120 make_video ;;
