@@ -186,15 +186,8 @@ def warp_faces(
         out.index_copy_(0, direct_ids.to(device), chips)
     if len(big_ids):
         ids = big_ids.to(lm.device)
-        used, local = torch.unique(plan[2, big_ids].long(), return_inverse=True)
         chips = _warp_antialiased(
-            batch,
-            inverse[ids],
-            scale[ids],
-            (used, local.to(lm.device)),
-            region.select(ids),
-            size,
-            _union(plan[3:, big_ids]),
+            batch, inverse[ids], scale[ids], region.select(ids), size, plan[2:, big_ids]
         )
         out.index_copy_(0, big_ids.to(device), chips)
     return out
@@ -519,33 +512,32 @@ def _warp_antialiased(
     batch: torch.Tensor,
     inverse: torch.Tensor,
     scale: torch.Tensor,
-    frames_of: tuple[torch.Tensor, torch.Tensor],
     region: _Region,
     size: tuple[int, int],
-    window: tuple[int, int, int, int],
+    host: torch.Tensor,
 ) -> torch.Tensor:
     """Area-average each large face's region to its scale, then warp bilinearly from it.
 
     Mirrors :func:`agr_batch.align._warp`: the region ``[x0, x1) x [y0, y1)`` shrinks to
     ``round(w * scale) x round(h * scale)`` pixels by exact box averages (``INTER_AREA``),
     rounded to whole values as cv2's uint8 resize does, and the chip is then sampled from
-    that small image, with zeros around it, by the composed transform.
+    that small image, with zeros around it, by the composed transform. The box sums come
+    from a summed-area table of the part of each frame its large faces cover, so the work
+    and memory follow the faces, not the frame size; one frame at a time bounds the memory
+    (a loop over frames, never over faces).
 
     Args:
         batch: (B, 3, H, W) uint8 frames.
         inverse: (N, 2, 3) chip-to-frame matrices.
         scale: (N,) chip pixels per frame pixel.
-        frames_of: ``(used, local)``: the frames these faces lie in (host indices) and, per
-            face, the position of its frame in ``used``.
         region: Each face's covered rectangle.
         size: Chip (H, W).
-        window: A rectangle (x0, y0, x1, y1) holding every region.
+        host: (5, N) on the host: each face's frame index and region x0, y0, x1, y1.
 
     Returns:
         (N, 3, H, W) float32 chips.
     """
     device = batch.device
-    used, local = frames_of
     side = _small_side(size)
     w, h = region.x1 - region.x0, region.y1 - region.y0
     new_w = torch.round(w * scale).clamp(1, side)
@@ -561,53 +553,53 @@ def _warp_antialiased(
         inverse,
     )
     grid = _grid(_compose(to_small, inverse), size, device)
-
-    # Summed-area tables of the window of the frames these faces lie in, stacked: each starts
-    # with a zero row and column, so frame used[k]'s table spans rows k (h + 1) .. k (h + 1) + h.
-    wx0, wy0, wx1, wy1 = window
-    win_h, win_w = wy1 - wy0, wx1 - wx0
-    # Cut the window before gathering the frames: only the window is copied.
-    crops = batch[:, :, wy0:wy1, wx0:wx1].index_select(0, used.to(device))
-    sat = torch.zeros((3, len(used), win_h + 1, win_w + 1), dtype=torch.float64, device=device)
-    # float64 sums of bytes are exact (2^53 >> 255 x 2^32 pixels).
-    sat[:, :, 1:, 1:] = crops.permute(1, 0, 2, 3).to(torch.float64).cumsum(2).cumsum(3)
-    sat = sat.view(1, 3, len(used) * (win_h + 1), win_w + 1)
+    steps = torch.arange(side + 1, dtype=torch.float64, device=inverse.device)
+    chunk = max(1, _CORNER_POINTS_PER_CHUNK // (side + 1) ** 2)
 
     out = torch.empty((len(inverse), 3, *size), dtype=torch.float32, device=device)
-    chunk = max(1, _CORNER_POINTS_PER_CHUNK // (side + 1) ** 2)
-    steps = torch.arange(side + 1, dtype=torch.float64, device=inverse.device)
-    for start in range(0, len(inverse), chunk):
-        part = slice(start, start + chunk)
-        # Box corners in area coordinates (pixel i covers [i, i + 1)), relative to the
-        # window; boxes past the small image's size have zero width and so read zero.
-        x1 = region.x1[part, None] - wx0
-        y1 = region.y1[part, None] - wy0
-        xs = torch.minimum(region.x0[part, None] - wx0 + steps / rx[part, None], x1)
-        ys = torch.minimum(region.y0[part, None] - wy0 + steps / ry[part, None], y1)
-        ys = ys + (local[part] * (win_h + 1)).to(ys.dtype)[:, None]
-        # align_corners=True: entry j of an n-entry axis sits at 2 j / (n - 1) - 1.
-        gx = (2.0 * xs / win_w - 1.0)[:, None, :].expand(-1, side + 1, -1)
-        gy = (2.0 * ys / (sat.shape[2] - 1) - 1.0)[:, :, None].expand(-1, -1, side + 1)
-        corners = torch.stack([gx, gy], dim=-1).to(device)
-        m = corners.shape[0]
-        # Bilinear interpolation of a summed-area table is the exact integral of the
-        # piecewise-constant image up to a fractional corner.
-        integral = F.grid_sample(
-            sat,
-            corners.view(1, m * (side + 1), side + 1, 2),
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=True,
-        ).view(3, m, side + 1, side + 1)
-        boxes = (
-            integral[:, :, 1:, 1:]
-            - integral[:, :, :-1, 1:]
-            - integral[:, :, 1:, :-1]
-            + integral[:, :, :-1, :-1]
-        )
-        area = (rx[part] * ry[part]).to(device)[None, :, None, None]
-        small = (boxes * area).round_().to(torch.float32).permute(1, 0, 2, 3)
-        out[part] = F.grid_sample(
-            small, grid[part], mode="bilinear", padding_mode="zeros", align_corners=False
-        )
+    frame_of = host[0].long()
+    for k in torch.unique(frame_of).tolist():
+        in_frame = (frame_of == k).nonzero()[:, 0]
+        wx0, wy0, wx1, wy1 = _union(host[1:, in_frame])
+        # Summed-area table of the frame's window, with a zero first row and column:
+        # entry (j, i) is the sum of the pixels above and left of (i, j). float64 sums of
+        # bytes are exact (2^53 >> 255 x 2^32 pixels).
+        sat = torch.zeros((1, 3, wy1 - wy0 + 1, wx1 - wx0 + 1), dtype=torch.float64, device=device)
+        inner = sat[0, :, 1:, 1:]
+        # Copied into planar float64 first: cumsum along the rows of an HWC frame's strides
+        # is many times slower.
+        inner.copy_(batch[k, :, wy0:wy1, wx0:wx1])
+        inner.cumsum_(1).cumsum_(2)
+        for start in range(0, len(in_frame), chunk):
+            ids = in_frame[start : start + chunk].to(inverse.device)
+            # Box corners in area coordinates (pixel i covers [i, i + 1)), relative to the
+            # window; boxes past the small image's size have zero width and so read zero.
+            xs = torch.minimum(region.x0[ids, None] + steps / rx[ids, None], region.x1[ids, None])
+            ys = torch.minimum(region.y0[ids, None] + steps / ry[ids, None], region.y1[ids, None])
+            # align_corners=True: entry j of an n-entry axis sits at 2 j / (n - 1) - 1.
+            gx = (2.0 * (xs - wx0) / (wx1 - wx0) - 1.0)[:, None, :].expand(-1, side + 1, -1)
+            gy = (2.0 * (ys - wy0) / (wy1 - wy0) - 1.0)[:, :, None].expand(-1, -1, side + 1)
+            corners = torch.stack([gx, gy], dim=-1).to(device)
+            m = len(ids)
+            # Bilinear interpolation of a summed-area table is the exact integral of the
+            # piecewise-constant image up to a fractional corner.
+            integral = F.grid_sample(
+                sat,
+                corners.view(1, m * (side + 1), side + 1, 2),
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
+            ).view(3, m, side + 1, side + 1)
+            boxes = (
+                integral[:, :, 1:, 1:]
+                - integral[:, :, :-1, 1:]
+                - integral[:, :, 1:, :-1]
+                + integral[:, :, :-1, :-1]
+            )
+            area = (rx[ids] * ry[ids]).to(device)[None, :, None, None]
+            small = (boxes * area).round_().to(torch.float32).permute(1, 0, 2, 3)
+            dev_ids = ids.to(device)
+            out[dev_ids] = F.grid_sample(
+                small, grid[dev_ids], mode="bilinear", padding_mode="zeros", align_corners=False
+            )
     return out
