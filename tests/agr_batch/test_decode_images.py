@@ -1,8 +1,11 @@
 """Batched device image decoding (agr_batch.decode_images) against sources.image_frame.
 
 On the CPU torchvision's libjpeg-turbo decoder gives Pillow's pixels exactly (measured: max
-difference 0), so the CPU tests demand equality; nvJPEG on a GPU differs by a few levels
-(``NVJPEG_MAX_DIFF``, measured on an H200).
+difference 0 at qualities 50-98 and 4:2:0, 4:2:2, 4:4:4), so the CPU tests demand equality.
+nvJPEG upsamples chroma differently: measured on an H200 (torch 2.11, torchvision 0.26,
+``benchmarks/decode_images_device.py``) it equals Pillow exactly on 4:4:4 JPEGs and on small
+images, and on 4:2:0 / 4:2:2 photos differs by 0.35-0.77 on average and at most 24 (at q50
+4:2:0; 11 on the q95 files below), at sharp colour edges.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from agr_batch.sources import SourceError, image_frame
 from tests import media
 from tests.conftest import CUDA_TESTS_DEVICE
 
-# nvJPEG against Pillow (libjpeg-turbo), pixel values 0-255: upsampling and IDCT differ.
-NVJPEG_MAX_DIFF = 8
+# nvJPEG against Pillow (libjpeg-turbo), pixel values 0-255 (measured: max 24, mean <= 0.77).
+NVJPEG_MAX_DIFF = 32
 NVJPEG_MEAN_DIFF = 1.0
 
 
