@@ -8,11 +8,14 @@ decoder, which gives Pillow's pixels exactly.
 
 Which files take the fast path: JPEGs (by content, not extension) whose header Pillow reads
 without decoding pixels as 8-bit three-component (YCbCr) baseline frames, that end with the
-end-of-image marker and fit ``max_pixels``. Everything else goes to ``image_frame``
-unchanged: PNG and other formats, grayscale, CMYK and progressive JPEGs, truncated files,
-and any JPEG the batched decoder refuses (then it is retried alone, so one corrupt file does
-not fail its batch). So results, start times and the one-line :class:`SourceError` messages
-are ``image_frame``'s by construction; only the JPEG decoder differs.
+end-of-image marker, whose entropy-coded data holds no marker libjpeg would refuse (nvJPEG
+decodes such a file into garbage where Pillow raises), and that fit ``max_pixels``.
+Everything else goes to ``image_frame`` unchanged: PNG and other formats, grayscale, CMYK
+and progressive JPEGs, truncated files, and any JPEG the batched decoder refuses (then it is
+retried alone, so one corrupt file does not fail its batch). So results, start times and the
+one-line :class:`SourceError` messages are ``image_frame``'s by construction (a JPEG damaged
+in ways libjpeg only warns about decodes on both paths, into different garbage); only the
+JPEG decoder differs.
 
 The EXIF orientation is read from the header with Pillow (the same ``getexif()`` that
 ``ImageOps.exif_transpose`` uses, XMP fallback included) and applied by flipping and
@@ -63,6 +66,15 @@ ImageLayout = Literal["chw", "hwc"]
 _ORIENTATION = 0x0112
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
+_JPEG_SOS = b"\xff\xda"
+# What may follow 0xFF after the first scan starts, as libjpeg sees it: byte stuffing (00),
+# fill (FF), restart markers, EOI, and the table/scan/comment markers of later scans. Any
+# other marker (reserved codes, a second SOF) is a hard error for libjpeg, so Pillow refuses
+# the file, while nvJPEG may decode it into garbage without a word (seen on an H200).
+_SCAN_MARKERS = np.zeros(256, dtype=bool)
+_SCAN_MARKERS[[0x00, 0x01, 0xC4, 0xCC, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, 0xFF]] = True
+_SCAN_MARKERS[0xD0:0xD8] = True  # RST0-7
+_SCAN_MARKERS[0xE0:0xF0] = True  # APP0-15
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,6 +256,8 @@ def _probe(i: int, path: Path, max_pixels: int, exif_tz: dt.tzinfo | None) -> _J
         # Not a JPEG, or one without its end marker (truncated, or trailing data): Pillow
         # knows which, and says so as image_frame does.
         return None
+    if not _scan_markers_ok(data):
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -267,6 +281,21 @@ def _probe(i: int, path: Path, max_pixels: int, exif_tz: dt.tzinfo | None) -> _J
     start_time = _exif_time(exif, exif_tz) or _mtime(path)
     tensor = torch.frombuffer(data, dtype=torch.uint8)
     return _Jpeg(i, path, tensor, orientation if isinstance(orientation, int) else 1, start_time)
+
+
+def _scan_markers_ok(data: bytearray) -> bool:
+    """False when the entropy-coded data holds a marker libjpeg would stop at with an error.
+
+    One vectorised pass over the bytes after the first SOS header: every 0xFF must be
+    followed by a byte of :data:`_SCAN_MARKERS`.
+    """
+    sos = data.find(_JPEG_SOS)
+    if sos < 0 or sos + 4 > len(data):
+        return False
+    start = sos + 2 + ((data[sos + 2] << 8) | data[sos + 3])  # skip the SOS header
+    scan = np.frombuffer(data, dtype=np.uint8)[start:]
+    follows = scan[1:][scan[:-1] == 0xFF]
+    return bool(_SCAN_MARKERS[follows].all())
 
 
 def _read_regular(path: Path) -> bytearray | None:

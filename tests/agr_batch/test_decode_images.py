@@ -76,6 +76,12 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory, upright, hanks_rgb) -> d
     data[mid : mid + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
     files["corrupt"] = d / "corrupt.jpg"
     files["corrupt"].write_bytes(bytes(data))
+    # A Huffman table whose code counts overflow: the markers are fine, the decoders refuse.
+    data = bytearray(files["orient6"].read_bytes())
+    dht = data.find(b"\xff\xc4")
+    data[dht + 5 : dht + 21] = b"\xff" * 16
+    files["bogus_table"] = d / "bogus_table.jpg"
+    files["bogus_table"].write_bytes(bytes(data))
     return files
 
 
@@ -119,6 +125,7 @@ def test_cpu_results_equal_image_frame(image_dir: dict[str, Path]):
         "directory": "not a regular file",
         "text": "not an image Pillow can open",
         "corrupt": "cannot decode image",
+        "bogus_table": "cannot decode image",
     }.items():
         assert isinstance(by_name[name], SourceError) and reason in str(by_name[name]), name
 
@@ -156,12 +163,21 @@ def test_orient_matches_pillow_exif_transpose():
         np.testing.assert_array_equal(di.orient(torch.from_numpy(stored), o).numpy(), stored)
 
 
-def test_a_corrupt_jpeg_does_not_fail_its_batch(image_dir: dict[str, Path]):
-    paths = [image_dir["orient1"], image_dir["corrupt"], image_dir["orient6"]]
+@pytest.mark.parametrize("bad", ["corrupt", "bogus_table"])
+def test_a_corrupt_jpeg_does_not_fail_its_batch(image_dir: dict[str, Path], bad: str):
+    """Garbage in the scan is caught before decoding; a bogus table by the decoder, alone."""
+    paths = [image_dir["orient1"], image_dir[bad], image_dir["orient6"]]
     results = di.decode_images(paths, device="cpu")
     assert [type(r).__name__ for r in results] == ["DecodedImage", "SourceError", "DecodedImage"]
     assert results[0].decoder == results[2].decoder == "torchvision"
-    assert str(results[1]) == str(_reference(image_dir["corrupt"]))
+    assert str(results[1]) == str(_reference(image_dir[bad]))
+
+
+def test_scan_marker_check(image_dir: dict[str, Path]):
+    for name in ("orient1", "444", "no_exif", "bogus_table"):
+        assert di._scan_markers_ok(bytearray(image_dir[name].read_bytes())), name
+    assert di._scan_markers_ok(bytearray((media.images_dir() / "t1.jpg").read_bytes()))
+    assert not di._scan_markers_ok(bytearray(image_dir["corrupt"].read_bytes()))
 
 
 def test_size_limit_is_read_from_the_header(image_dir: dict[str, Path], upright: np.ndarray):
@@ -230,7 +246,7 @@ def test_cuda_results_match_image_frame(image_dir: dict[str, Path]):
     decoded = [r for r in results if isinstance(r, di.DecodedImage)]
     assert all(r.image.device.type == device.type for r in decoded)
     fast = [r for r in decoded if r.decoder == "torchvision"]
-    assert len(fast) == 10
+    assert len(fast) == 10  # orientations 1-8, no EXIF, 4:4:4
     for r in fast:
         want = image_frame(r.path, exif_tz=dt.UTC).image
         diff = np.abs(r.to_frame().image.astype(np.int16) - want)
