@@ -15,16 +15,22 @@ Geometry is the cv2 path's, exactly:
   the normalised coordinates are built from that formula, so the bilinear taps and weights
   are OpenCV's. Outside the frame is black: ``padding_mode="zeros"`` blends edge pixels with
   zero as ``BORDER_CONSTANT`` does.
-- The frames of a batch are stacked into one tall image with a black row between frames;
-  each face samples its own frame at a vertical offset, and a sample that falls wholly
-  outside its frame is pushed off the image, so it reads black rather than a neighbour.
+- The frames of a batch (cut to the rectangle that the faces cover) are stacked into one
+  tall image with a black row under each frame; each face samples its own frame at a
+  vertical offset, and a sample wholly above or below its frame is clamped onto a black
+  row, so it reads black rather than a neighbouring frame. The sampling grid is what
+  ``affine_grid`` would give, built as two broadcast sums (faster on the CPU).
 - Faces more than twice the chip's size are area-averaged first, as the cv2 path does with
   ``INTER_AREA`` on the covered region (:func:`agr_batch.align._warp`). The area averages
-  are exact box integrals read from a float64 summed-area table of the frames (one
-  ``grid_sample`` at the box corners), then the chip is warped bilinearly from that small
-  image with the same composed transform. This is the only step that needs the host: one
-  transfer of a per-face flag to size the batch of large faces (none when the landmarks are
-  on the CPU, which is where a detector's landmarks usually are).
+  are exact box integrals read from a float64 summed-area table of the part of each frame
+  those faces cover (one ``grid_sample`` at the box corners), rounded as cv2's uint8
+  resize rounds; the chip is then warped bilinearly from that small image with the same
+  composed transform.
+
+The host is needed once per call: a small per-face plan (which path, frame, covered
+rectangle) sizes the batches. It is free when the landmarks are on the CPU, which is where
+a detector's landmarks come back to anyway; with landmarks on the GPU it costs one
+synchronisation (none at all with ``antialias=False``).
 """
 
 from __future__ import annotations
