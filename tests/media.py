@@ -221,14 +221,26 @@ def make_exif_jpeg(
     orientation: int = 6,
     datetime_original: str | None = None,
     offset_time_original: str | None = None,
+    **save: object,
 ) -> Path:
-    """A JPEG stored sideways with an EXIF orientation that turns it ``upright``.
+    """A JPEG stored turned or mirrored, with the EXIF orientation (1-8) that shows it ``upright``.
 
-    Only orientations 1, 3, 6 and 8 (rotations) are supported.
+    Extra keyword arguments go to Pillow's ``save`` (``progressive=True``, ``subsampling=0``).
     """
-    # Orientation 6 means "rotate 90° clockwise to display", so store it 90° anticlockwise.
-    turns = {1: 0, 3: 2, 6: 1, 8: 3}[orientation]
-    stored = np.ascontiguousarray(np.rot90(upright, turns))
+    # What is stored is the inverse of what the viewer applies: orientation 6 means "rotate
+    # 90° clockwise to display", so it is stored 90° anticlockwise; 2, 3, 4, 5 (transpose)
+    # and 7 (transverse) are their own inverses.
+    store = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: np.rot90(a, 2),
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, 1),
+        7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 3),
+    }[orientation]
+    stored = np.ascontiguousarray(store(upright))
     im = Image.fromarray(stored)
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -238,7 +250,7 @@ def make_exif_jpeg(
             ifd[0x9003] = datetime_original
         if offset_time_original is not None:
             ifd[0x9011] = offset_time_original
-    im.save(path, quality=95, exif=exif)
+    im.save(path, format="JPEG", **{"quality": 95, **save}, exif=exif)
     return Path(path)
 
 
