@@ -154,7 +154,7 @@ _PROCESSING_OPTIONS = [
         "segment_s",
         default=0.0,
         show_default=True,
-        type=click.FloatRange(min=0),
+        type=float,
         help="Ray: split videos into segments of this many seconds (0 = never).",
     ),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only."),
@@ -173,11 +173,17 @@ def processing_options(fn: Callable[..., None]) -> Callable[..., None]:
 def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     """Turn the shared options into :class:`agr_batch.config.ProcessingConfig` keywords."""
     from agr_batch.config import DetectorConfig
+    from agr_batch.limits import MAX_SEGMENT_S, check_number
     from agr_batch.track import TrackerConfig
     from agr_batch.vote import VoteConfig
 
     if not opts.get("model"):
         fail(NO_MODEL_HELP)
+    # Checked here as well as by the Ray engine: with --engine local it is otherwise unused,
+    # and a NaN there must not pass silently.
+    check_number(
+        "--segment (0 = never split)", opts["segment_s"], low=0, high=MAX_SEGMENT_S, unit="seconds"
+    )
     return {
         "model": Path(opts["model"]),
         "sample_fps": opts["sample_fps"],

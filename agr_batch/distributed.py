@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.engines import BackendUnavailableError
+from agr_batch.limits import MAX_SEGMENT_S, check_number
 from agr_batch.records import Frame, Predictions, TrackResult
 from agr_batch.runner import (
     ImageSequence,
@@ -145,10 +146,11 @@ class RayOptions:
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
-        if self.segment_s is not None and self.segment_s < 0:
-            raise ValueError(
-                f"--segment must be >= 0 seconds (0 = never split), got {self.segment_s}"
-            )
+        if self.segment_s is not None:
+            check_number(
+                "--segment (0 = never split)", self.segment_s, low=0, high=MAX_SEGMENT_S,
+                unit="seconds",
+            )  # fmt: skip
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"CPUs per worker must be > 0, got {self.cpus_per_worker}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:

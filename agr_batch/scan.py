@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from agr_batch.aggregate import StatsAggregator, faces_table, tracks_table
 from agr_batch.config import ProcessingConfig
+from agr_batch.limits import MAX_SETTLE_S, check_number
 from agr_batch.sinks import write_table
 from agr_batch.sources import MediaFile, discover
 from agr_batch.state import DatasetLock, FileRow, LockedError, State, now_iso
@@ -84,8 +85,7 @@ class ScanConfig(ProcessingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.settle_s < 0:
-            raise ValueError(f"--settle must be >= 0 seconds, got {self.settle_s}")
+        check_number("--settle", self.settle_s, low=0, high=MAX_SETTLE_S, unit="seconds")
         root, dataset = Path(self.root).absolute(), Path(self.dataset).absolute()
         if dataset == root or root in dataset.parents:
             raise ValueError(f"--out {dataset} must not be inside the scanned folder {root}")
