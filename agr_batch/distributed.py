@@ -50,6 +50,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from agr_batch.budget import ByteBudget
 from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.engines import BackendUnavailableError
 from agr_batch.limits import MAX_SEGMENT_S, check_number
@@ -235,10 +236,16 @@ class _Raised:
     exc: BaseException
 
 
-def _prefetch(frames: Iterator[Frame], size: int, times: StageTimes) -> Iterator[Frame]:
-    """Run ``frames`` on a thread, ``size`` frames ahead (decoding overlaps detection)."""
+def _prefetch(
+    frames: Iterator[Frame], size: int, times: StageTimes, *, max_bytes: int
+) -> Iterator[Frame]:
+    """Run ``frames`` on a thread, ``size`` frames and ``max_bytes`` ahead.
+
+    Decoding overlaps detection; a frame larger than ``max_bytes`` passes alone.
+    """
     q: queue.Queue[Any] = queue.Queue(maxsize=size)
     stop = threading.Event()
+    budget = ByteBudget(max_bytes)
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -260,7 +267,7 @@ def _prefetch(frames: Iterator[Frame], size: int, times: StageTimes) -> Iterator
                     put(_STOP)
                     return
                 times.decode += time.perf_counter() - t0
-                if not put(item):
+                if not budget.acquire(item.image.nbytes, stop) or not put(item):
                     return
         except BaseException as e:
             put(_Raised(e))
@@ -279,6 +286,7 @@ def _prefetch(frames: Iterator[Frame], size: int, times: StageTimes) -> Iterator
             if isinstance(item, _Raised):
                 raise item.exc
             yield item
+            budget.release(item.image.nbytes)  # the consumer is done with it
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -334,7 +342,9 @@ def process_segment(pipeline: Pipeline, segment: Segment) -> tuple[SourceResult,
         skip_nonref=config.skip_nonref,
     )
     try:
-        for frame in _prefetch(decoded, config.queue_size, times):
+        for frame in _prefetch(
+            decoded, config.queue_size, times, max_bytes=config.max_inflight_bytes
+        ):
             try:
                 dets, chips, track_ids, ended = detect_frame(
                     pipeline.detector, spec, tracker, frame, times

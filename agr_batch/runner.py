@@ -21,6 +21,7 @@ import numpy as np
 
 from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table, tracks_table
 from agr_batch.align import align_faces
+from agr_batch.budget import ByteBudget
 from agr_batch.checkpoint import load_checkpoint
 from agr_batch.classify import Classifier, resolve_device
 from agr_batch.config import ProcessingConfig, RunConfig
@@ -262,6 +263,7 @@ def _decode_worker(
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
+    budget: ByteBudget,
 ) -> None:
     try:
         for m in media:
@@ -272,6 +274,8 @@ def _decode_worker(
             try:
                 it, duration = _open_source(m, config, decoder, seq_errors)
                 for frame in _timed(iter(it), times):
+                    if not budget.acquire(frame.image.nbytes, stop):
+                        raise _CancelledError
                     _put(out, _FrameItem(m, frame), stop)
                     count += 1
             except SourceError as e:
@@ -325,6 +329,7 @@ def _detect_worker(
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
+    budget: ByteBudget,
 ) -> None:
     tracker = Tracker(tracker_config)
     try:
@@ -345,6 +350,9 @@ def _detect_worker(
                 except Exception as e:
                     _put(out, _FrameFailed(media, detection_error(item, e)), stop)
                     continue
+                finally:
+                    # Only the chips go on: the frame's pixels are no longer in flight.
+                    budget.release(item.image.nbytes)
                 detected = _Detected(
                     media,
                     item.frame_index,
@@ -569,6 +577,7 @@ class Pipeline:
         )
         self.detector = create_detector(config.detector.name, **config.detector.kwargs())
         self.decoder = resolve_decoder(config.decoder, self.device.type)
+        self.inflight = ByteBudget(config.max_inflight_bytes)  # the last process() call's
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
@@ -609,16 +618,26 @@ class Pipeline:
         q_detected: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
         bars = _Progress(progress, sum(1 for m in media if m.kind == "image"))
         spec = self.checkpoint.meta.preprocess
+        budget = self.inflight = ByteBudget(config.max_inflight_bytes)
         threads = [
             threading.Thread(
                 target=_decode_worker,
-                args=(tuple(media), config, self.decoder, q_frames, stop, times),
+                args=(tuple(media), config, self.decoder, q_frames, stop, times, budget),
                 name="agr-decode",
                 daemon=True,
             ),
             threading.Thread(
                 target=_detect_worker,
-                args=(self.detector, spec, config.tracker, q_frames, q_detected, stop, times),
+                args=(
+                    self.detector,
+                    spec,
+                    config.tracker,
+                    q_frames,
+                    q_detected,
+                    stop,
+                    times,
+                    budget,
+                ),
                 name="agr-detect",
                 daemon=True,
             ),

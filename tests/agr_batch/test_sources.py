@@ -447,9 +447,7 @@ def test_high_depth_conversion_memory_is_bounded_by_strips(tmp_path: Path):
     assert peak < image.nbytes + h * w * 2 + 3 * sources._STRIP_BYTES, peak
 
 
-def test_video_frames_beyond_the_pixel_limit_are_refused(
-    clip_3s: media.WrittenVideo, monkeypatch
-):
+def test_video_frames_beyond_the_pixel_limit_are_refused(clip_3s: media.WrittenVideo, monkeypatch):
     monkeypatch.setattr(sources, "DEFAULT_MAX_PIXELS", 320 * 240 - 1)
     with pytest.raises(SourceError, match=r"frames too large: 320x240 pixels > limit 76799"):
         next(sources.video_frames(clip_3s.path))
