@@ -31,7 +31,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     """Print one line to stderr and exit with ``code``."""
-    click.echo(f"agr-batch: error: {message}", err=True)
+    # Library messages sometimes carry newlines; the contract is one line.
+    click.echo(f"agr-batch: error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
 
 
