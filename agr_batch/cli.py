@@ -260,29 +260,35 @@ def run(
     """Detect and classify faces in videos, images and folders; write Parquet statistics."""
     from agr_batch.config import RunConfig
     from agr_batch.runner import run as run_pipeline
+    from agr_batch.signals import exit_code_for, terminate_as_interrupt
 
     quiet, as_json = opts["quiet"], opts["as_json"]
     _setup_logging(opts["verbose"], quiet or as_json)
     try:
-        config = RunConfig(
-            inputs=tuple(inputs),
-            out=Path(out),
-            faces_out=Path(faces_out) if faces_out else None,
-            tracks_out=Path(tracks_out) if tracks_out else None,
-            sequence=sequence,
-            **processing_kwargs(opts),
-        )
-        progress = not (quiet or as_json) and sys.stderr.isatty()
-        if opts["engine"] == "ray":
-            from agr_batch.distributed import run_ray
+        with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: temporary files go
+            config = RunConfig(
+                inputs=tuple(inputs),
+                out=Path(out),
+                faces_out=Path(faces_out) if faces_out else None,
+                tracks_out=Path(tracks_out) if tracks_out else None,
+                sequence=sequence,
+                **processing_kwargs(opts),
+            )
+            progress = not (quiet or as_json) and sys.stderr.isatty()
+            if opts["engine"] == "ray":
+                from agr_batch.distributed import run_ray
 
-            summary = run_ray(config, progress=progress, on_error=_echo_error, **_ray_opts(opts))
-        else:
-            summary = run_pipeline(config, progress=progress, on_error=_echo_error)
+                summary = run_ray(
+                    config, progress=progress, on_error=_echo_error, **_ray_opts(opts)
+                )
+            else:
+                summary = run_pipeline(config, progress=progress, on_error=_echo_error)
     except _config_errors() as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was written under the output names", 130)
+    except KeyboardInterrupt as e:
+        if getattr(e, "after_commit", False):
+            fail("interrupted after the outputs were written", exit_code_for(e))
+        fail("interrupted; nothing was written under the output names", exit_code_for(e))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     elif not quiet:

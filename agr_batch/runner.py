@@ -8,6 +8,7 @@ thread. Each stage lives in its own module; this one only moves records between 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -30,8 +31,10 @@ from agr_batch.detect import Detector, create_detector
 from agr_batch.engines import engine_for_checkpoint
 from agr_batch.preprocess import PreprocessSpec
 from agr_batch.records import Detections, Frame, Predictions, TrackResult
-from agr_batch.sinks import ParquetStreamWriter, write_table
+from agr_batch.safety import check_outputs
+from agr_batch.sinks import OutputSet, ParquetStreamWriter
 from agr_batch.sources import (
+    Discovery,
     MediaFile,
     SourceError,
     capture_time,
@@ -674,6 +677,25 @@ class Pipeline:
         return times
 
 
+_MEDIA_HINTS = {
+    "--faces": "run --faces takes the per-face table's file name (as in --faces faces.parquet)",
+    "--tracks": "run --tracks takes the per-track table's file name (--tracks tracks.parquet)",
+}
+
+
+def _check_outputs(config: RunConfig, found: Discovery) -> None:
+    """Refuse outputs that are inputs (however spelled), each other, or media names."""
+    inputs: list[Path] = [Path(p) for p in config.inputs]
+    inputs += [m.path for m in found.media] + list(found.skipped) + [Path(config.model)]
+    if config.detector.model_path:
+        inputs.append(Path(config.detector.model_path))
+    check_outputs(
+        {"--out": config.out, "--faces": config.faces_out, "--tracks": config.tracks_out},
+        inputs,
+        hints=_MEDIA_HINTS,
+    )
+
+
 def run(
     config: RunConfig,
     *,
@@ -692,8 +714,12 @@ def run(
         ValueError: For an unusable device or detector configuration.
     """
     t_start = time.perf_counter()
-    pipeline = (pipeline_factory or Pipeline)(config)
     found = discover(config.inputs)
+    _check_outputs(config, found)  # before anything is loaded or written
+    pipeline = (pipeline_factory or Pipeline)(config)
+    outputs = OutputSet(
+        {"--out": config.out, "--faces": config.faces_out, "--tracks": config.tracks_out}
+    )
     media = group_sequences(found.media) if config.sequence else list(found.media)
     engine = pipeline.engine
     summary = RunSummary(backend=f"{engine.name} {engine.precision}", device=str(pipeline.device))
@@ -707,14 +733,11 @@ def run(
     if found.skipped:
         log.info("skipped %d non-media files", len(found.skipped))
 
-    metadata = pipeline.metadata(config)
+    # The token ties the files of one run together: a reader can check they belong.
+    metadata = {**pipeline.metadata(config), "output_set": outputs.token}
     aggregator = StatsAggregator(pipeline.labels, window_s=config.window_s)
     tracks: list[TrackResult] = []
-    faces_writer = (
-        ParquetStreamWriter(config.faces_out, FACES_SCHEMA, metadata=metadata)
-        if config.faces_out is not None
-        else None
-    )
+    faces_writer: ParquetStreamWriter | None = None
 
     def on_source(result: SourceResult) -> None:
         source = str(result.media.path)
@@ -737,13 +760,19 @@ def run(
             summary.files_ok += 1
 
     times = StageTimes()
-    try:
-        if faces_writer is not None:
-            faces_writer.__enter__()
-        times = pipeline.process(media, on_source, progress=progress)
+    # All outputs go to locked temporary files (reserved before any work, so an unwritable
+    # folder fails at once) and replace the old set together, or not at all.
+    with outputs:
+        faces_ctx = (
+            outputs.stream("--faces", FACES_SCHEMA, metadata=metadata)
+            if config.faces_out is not None
+            else contextlib.nullcontext()
+        )
+        with faces_ctx as faces_writer:
+            times = pipeline.process(media, on_source, progress=progress)
         t_w = time.perf_counter()
-        write_table(
-            config.out, aggregator.table(min_cell_count=config.min_cell_count), metadata=metadata
+        outputs.write_table(
+            "--out", aggregator.table(min_cell_count=config.min_cell_count), metadata=metadata
         )
         summary.suppressed_faces = aggregator.suppressed.faces
         summary.suppressed_cells = aggregator.suppressed.cells
@@ -755,15 +784,11 @@ def run(
                 config.min_cell_count,
             )
         if config.tracks_out is not None:
-            write_table(config.tracks_out, tracks_table(tracks, pipeline.labels), metadata=metadata)
+            outputs.write_table(
+                "--tracks", tracks_table(tracks, pipeline.labels), metadata=metadata
+            )
+        outputs.commit()
         times.write += time.perf_counter() - t_w
-    except BaseException as e:
-        if faces_writer is not None:
-            faces_writer.__exit__(type(e), e, e.__traceback__)
-        raise
-    else:
-        if faces_writer is not None:
-            faces_writer.__exit__(None, None, None)
     summary.classified_faces = pipeline.classifier.faces_seen
     summary.wall_s = time.perf_counter() - t_start
     summary.stage_s = times.as_dict()
