@@ -297,32 +297,68 @@ def run(
 
 
 def _load_toml_defaults(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    """``--config FILE.toml``: every option's default, by option name (dashes or underscores)."""
+    """``--config FILE.toml``: every option's default, by option name (dashes or underscores).
+
+    Each value is checked against its option's type here, so a list where a number belongs
+    is one line naming the file and the key (exit 2), not a traceback later.
+    """
     if not value:
         return
     import tomllib
 
+    from agr_batch.sources import open_regular
+
     try:
-        with open(value, "rb") as f:
+        with open_regular(value) as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise click.BadParameter(f"{value}: {e}") from None
+        fail(f"--config {value}: {getattr(e, 'strerror', None) or e}")
     data = data.get("scan", data)
+    if not isinstance(data, dict):
+        fail(f"--config {value}: [scan] must be a table of options")
     # Keys are option names as typed on the command line, with or without dashes.
-    names: dict[str, str] = {}
+    params: dict[str, click.Parameter] = {}
     for p in ctx.command.params:
         if p.name is None or p.name == "config_file":
             continue
-        names[p.name] = p.name
+        params[p.name] = p
         for opt in getattr(p, "opts", []):
-            names[opt.lstrip("-").replace("-", "_")] = p.name
+            params[opt.lstrip("-").replace("-", "_")] = p
     defaults: dict[str, Any] = {}
     for key, val in data.items():
-        name = names.get(key.replace("-", "_"))
-        if name is None:
-            raise click.BadParameter(f"{value}: unknown option {key!r}")
-        defaults[name] = val
+        param = params.get(key.replace("-", "_"))
+        if param is None:
+            fail(f"--config {value}: unknown option {key!r}")
+        assert param.name is not None
+        defaults[param.name] = _config_value(value, key, param, val, ctx)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _config_value(file: str, key: str, param: click.Parameter, val: Any, ctx: click.Context) -> Any:
+    """``val`` converted to ``param``'s type, or exit 2 with one line naming ``key``."""
+    flag = isinstance(param, click.Option) and param.is_flag and not param.count
+    counted = isinstance(param, click.Option) and param.count
+    if flag:
+        expected = "true or false"
+    elif isinstance(param.type, click.Choice):
+        expected = "one of " + ", ".join(map(str, param.type.choices))
+    else:
+        name = param.type.name
+        expected = "a whole number" if counted else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    ok_shape = (
+        isinstance(val, bool)
+        if flag
+        else not isinstance(val, bool | list | dict)
+        or isinstance(param.type, click.types.BoolParamType)
+    )
+    if isinstance(param.type, click.types.IntParamType) and isinstance(val, float):
+        ok_shape = False  # click would truncate 2.5 to 2
+    if ok_shape:
+        try:
+            return val if flag else param.type.convert(val, param, ctx)
+        except click.BadParameter:
+            pass
+    fail(f"--config {file}: {key} must be {expected}, got {val!r}")
 
 
 @main.command()
@@ -365,14 +401,18 @@ def scan(
 
     Safe for cron: incremental, exactly once, crash-safe, and locked against overlapping
     runs. Exit codes: 0 all good, 1 some files failed, 2 usage error, 3 another scan holds
-    the lock.
+    the lock, 130/143 interrupted by SIGINT/SIGTERM (files committed before are kept).
     """
-    from agr_batch.scan import EXIT_LOCKED, LockedError, ScanConfig
+    from agr_batch.scan import EXIT_LOCKED, LockedError, ScanConfig, StateError
     from agr_batch.scan import scan as run_scan
+    from agr_batch.signals import exit_code_for, terminate_as_interrupt
+    from agr_batch.sources import media_kind
 
     quiet, as_json = opts["quiet"], opts["as_json"]
     _setup_logging(opts["verbose"], quiet or as_json)
     file_log = logging.getLogger("agr_batch.scan.log")
+    if log_file and media_kind(log_file) is not None:
+        fail(f"--log-file {log_file}: a {media_kind(log_file)} file name; refusing to log into it")
     if log_file:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -390,29 +430,36 @@ def scan(
             file_log.error("%s", message)
 
     try:
-        config = ScanConfig(
-            root=Path(root),
-            dataset=Path(dataset),
-            settle_s=settle_s,
-            retry_failed=retry_failed,
-            dry_run=dry_run,
-            write_faces=write_faces,
-            write_tracks=write_tracks,
-            **processing_kwargs(opts),
-        )
-        if not Path(root).exists():
-            fail(f"{root}: no such folder")
-        progress = not (quiet or as_json) and sys.stderr.isatty()
-        if opts["engine"] == "ray":
-            from agr_batch.distributed import scan_ray
+        with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the run is recorded
+            config = ScanConfig(
+                root=Path(root),
+                dataset=Path(dataset),
+                settle_s=settle_s,
+                retry_failed=retry_failed,
+                dry_run=dry_run,
+                write_faces=write_faces,
+                write_tracks=write_tracks,
+                **processing_kwargs(opts),
+            )
+            if not Path(root).exists():
+                fail(f"{root}: no such folder")
+            progress = not (quiet or as_json) and sys.stderr.isatty()
+            if opts["engine"] == "ray":
+                from agr_batch.distributed import scan_ray
 
-            summary = scan_ray(config, progress=progress, on_error=on_error, **_ray_opts(opts))
-        else:
-            summary = run_scan(config, progress=progress, on_error=on_error)
+                summary = scan_ray(config, progress=progress, on_error=on_error, **_ray_opts(opts))
+            else:
+                summary = run_scan(config, progress=progress, on_error=on_error)
     except LockedError as e:
         fail(str(e), EXIT_LOCKED)
+    except StateError as e:
+        fail(str(e))
     except _config_errors() as e:
         fail(str(e))
+    except KeyboardInterrupt as e:
+        fail("interrupted; every file committed before is kept", exit_code_for(e))
+    except OSError as e:  # the dataset folder cannot be created or written
+        fail(f"{e.filename or dataset}: {e.strerror or e}")
     if dry_run and not as_json:
         for line in summary.plan:
             click.echo(line)
@@ -459,28 +506,55 @@ def report(stats: str, out: str, png_dir: str | None, min_cell_count: int) -> No
 @main.command()
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(dataset: str, as_json: bool) -> None:
-    """Files processed, failed and pending, last run and totals of a scanned dataset."""
-    from agr_batch.scan import dataset_status
+@click.option(
+    "--stuck-after",
+    default=3600.0,
+    show_default=True,
+    help="Flag a running scan whose current step has lasted longer than this, seconds.",
+)
+def status(dataset: str, as_json: bool, stuck_after: float) -> None:
+    """Files processed, failed and pending, last run, lock holder and totals of a dataset.
+
+    Reads the dataset only: works on a read-only dataset and while a scan runs.
+    """
+    from agr_batch.limits import MAX_SETTLE_S, check_number
+    from agr_batch.scan import StateError, dataset_status
 
     try:
-        st = dataset_status(Path(dataset))
-    except FileNotFoundError as e:
+        check_number("--stuck-after", stuck_after, low=0, high=MAX_SETTLE_S, unit="seconds")
+        st = dataset_status(Path(dataset), stuck_after_s=stuck_after)
+    except (FileNotFoundError, StateError, ValueError) as e:
         fail(str(e))
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
         return
     last = st["last_run"] or {}
+    lock = st["lock"]
     click.echo(f"dataset      {st['dataset']}")
     click.echo(f"files        {st['files_ok']} processed, {st['files_failed']} failed, "
                f"{st['pending_at_last_run']} pending at the last run")  # fmt: skip
+    if st["earlier_recordings"] or st["vanished"]:
+        click.echo(
+            f"recordings   {st['earlier_recordings']} earlier recording(s) under reused names "
+            f"kept, {st['vanished']} whose file is gone (their rows are kept)"
+        )
     click.echo(
         f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
     )
+    outcome = {
+        "died": "did not finish: killed or crashed (the next scan repairs the dataset)",
+        "interrupted": "interrupted",
+        "running": "running",
+    }.get(last.get("state", ""), "")
     click.echo(
         f"last run     #{last.get('id', '-')} started {last.get('started', '-')}, "
         f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
+        + (f" ({outcome})" if outcome else "")
     )
+    if lock["held"]:
+        doing = f"; {lock['doing']} for {lock.get('doing_for_s', '?')} s" if lock["doing"] else ""
+        stuck = " (STUCK? no progress for longer than --stuck-after)" if lock["stuck"] else ""
+        click.echo(f"scan now     {lock['holder'] or 'a scan'}{doing}{stuck}")
     for f in st["failed"][:20]:
         click.echo(f"failed       {f['error']}")
 
