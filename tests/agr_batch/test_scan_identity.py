@@ -1,0 +1,225 @@
+"""scan counts each recording once whatever the path, keeps recordings whose name is reused,
+and never leaves silent gaps when its options change."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pyarrow.dataset as pads
+import pytest
+from click.testing import CliRunner
+
+from agr_batch.cli import main
+from agr_batch.scan import ScanConfig, ScanOptionsError, scan
+from agr_batch.state import State
+from tests.agr_batch.test_scan import GROUP, SINGLE, _camera, _config, _faces_by_source, _jpeg
+
+
+def _faces_rows(dataset) -> int:
+    files = list((dataset / "_faces").glob("date=*/part-*.parquet"))
+    return pads.dataset(files).count_rows() if files else 0
+
+
+def _status(dataset) -> dict:
+    result = CliRunner().invoke(main, ["status", str(dataset), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _old(path):
+    os.utime(path, (time.time() - 600, time.time() - 600))
+
+
+# ---------------------------------------------------------------------------------------------
+# the same files through another path
+
+
+@pytest.mark.parametrize("spelling", ["symlink", "dotdot", "relative"])
+def test_same_folder_through_another_path_is_the_same_files(
+    tmp_path, tiny_checkpoint, spelling, monkeypatch
+):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root)
+    first = scan(_config(root, ds, tiny_checkpoint))
+    assert first.processed == 3
+    if spelling == "symlink":
+        (tmp_path / "link").symlink_to(root)
+        other = tmp_path / "link"
+    elif spelling == "dotdot":
+        other = root / "cam1" / ".." / ".." / "root"
+    else:
+        monkeypatch.chdir(tmp_path)
+        other = root.relative_to(tmp_path)
+    again = scan(_config(other, ds, tiny_checkpoint))
+    assert again.processed == 0 and again.renamed == 0 and again.unchanged == 3
+    assert _faces_by_source(ds) == expected  # not doubled
+    st = _status(ds)
+    assert st["files_ok"] == 3 and st["faces"] == 2 * GROUP + SINGLE
+
+
+def test_dataset_inside_the_root_is_refused_whatever_the_spelling(tmp_path, tiny_checkpoint):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "link").symlink_to(root)
+    for ds in (tmp_path / "link" / "ds", root / "x" / ".." / "ds"):
+        with pytest.raises(ValueError, match="must not be inside"):
+            ScanConfig(root=root, dataset=ds, model=tiny_checkpoint)
+    with pytest.raises(ValueError, match="is inside --out"):
+        ScanConfig(root=root / "sub", dataset=tmp_path / "link", model=tiny_checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# reused names
+
+
+def test_name_reused_after_the_old_recording_was_deleted_keeps_both(tmp_path, tiny_checkpoint):
+    # A loop recorder deletes its oldest file and records anew under the same name. The
+    # inode number is usually reused at once; the birth time tells the files apart.
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root, n_group=2, n_single=0)
+    scan(_config(root, ds, tiny_checkpoint))
+    target = root / "cam1" / "group_0.jpg"
+    target.unlink()
+    _jpeg(target, "Tom_Hanks_54745.png", 7)  # a new recording, one face
+    s = scan(_config(root, ds, tiny_checkpoint))
+    assert s.processed == 1
+    faces = _faces_by_source(ds)
+    assert faces[str(target)] == GROUP + SINGLE  # the old recording's rows are kept
+    assert sum(faces.values()) == sum(expected.values()) + SINGLE
+    st = _status(ds)
+    assert st["earlier_recordings"] == 1 and st["files_ok"] == 2
+    assert st["faces"] == 2 * GROUP + SINGLE
+    assert scan(_config(root, ds, tiny_checkpoint)).processed == 0  # and counted once
+
+
+def test_name_reused_by_rename_over_the_old_file_keeps_both(tmp_path, tiny_checkpoint):
+    # Cameras and rsync write a temporary file and rename it over the old name.
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    _camera(root, n_group=1, n_single=0)
+    scan(_config(root, ds, tiny_checkpoint))
+    target = root / "cam1" / "group_0.jpg"
+    _jpeg(root / "incoming.tmp", "Tom_Hanks_54745.png", 9)
+    os.replace(root / "incoming.tmp", target)
+    scan(_config(root, ds, tiny_checkpoint))
+    assert _faces_by_source(ds) == {str(target): GROUP + SINGLE}
+
+
+def test_name_back_after_a_scan_saw_it_missing_is_a_new_recording(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    _camera(root, n_group=1, n_single=0)
+    scan(_config(root, ds, tiny_checkpoint))
+    target = root / "cam1" / "group_0.jpg"
+    hidden = root / ".aside"
+    os.replace(target, hidden)  # gone for one scan (same inode and birth time when back)
+    assert scan(_config(root, ds, tiny_checkpoint)).processed == 0
+    assert _status(ds)["vanished"] == 1
+    os.replace(hidden, target)
+    with open(target, "r+b") as f:  # and written to while away
+        f.seek(2000)
+        f.write(b"\x00" * 64)
+    _old(target)
+    scan(_config(root, ds, tiny_checkpoint))
+    assert _faces_by_source(ds)[str(target)] > GROUP  # kept, plus the new recording's
+
+
+def test_same_content_back_under_its_name_is_not_new_data(tmp_path, tiny_checkpoint):
+    # A folder unmounted for one scan and mounted again: nothing is reprocessed.
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root)
+    scan(_config(root, ds, tiny_checkpoint))
+    aside = tmp_path / "aside"
+    os.replace(root / "cam1", aside)
+    assert scan(_config(root, ds, tiny_checkpoint)).processed == 0
+    os.replace(aside, root / "cam1")
+    s = scan(_config(root, ds, tiny_checkpoint))
+    assert s.processed == 0
+    assert _faces_by_source(ds) == expected
+    assert _status(ds)["vanished"] == 0
+
+
+def test_file_grown_in_place_replaces_its_rows(tmp_path, tiny_checkpoint, t1_rgb):
+    # The same file object written to again (a recording that was still growing): one
+    # recording, its rows replaced.
+    from tests import media
+
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    clip = root / "cam" / "rec.mp4"
+    clip.parent.mkdir(parents=True)
+    media.make_video(tmp_path / "short.mp4", [t1_rgb], seconds=1, size=(640, 480), fps=10)
+    media.make_video(tmp_path / "long.mp4", [t1_rgb], seconds=2, size=(640, 480), fps=10)
+    clip.write_bytes((tmp_path / "short.mp4").read_bytes())
+    _old(clip)
+    scan(_config(root, ds, tiny_checkpoint, sample_fps=2.0))
+    with open(clip, "r+b") as f:  # same inode and birth time, new content
+        f.write((tmp_path / "long.mp4").read_bytes())
+    _old(clip)
+    s = scan(_config(root, ds, tiny_checkpoint, sample_fps=2.0))
+    assert s.processed == 1
+    assert _faces_by_source(ds) == {str(clip): 4 * GROUP}  # 2 s at 2 fps, not added to 1 s
+    assert _status(ds)["earlier_recordings"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# options that change the tables
+
+
+def test_faces_asked_for_later_are_backfilled(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root)
+    scan(_config(root, ds, tiny_checkpoint))
+    assert _faces_rows(ds) == 0
+    s = scan(_config(root, ds, tiny_checkpoint, write_faces=True))
+    assert s.processed == 3 and s.backfilled == 3
+    assert _faces_rows(ds) == sum(expected.values())
+    assert _faces_by_source(ds) == expected  # stats replaced, not added
+    assert scan(_config(root, ds, tiny_checkpoint, write_faces=True)).processed == 0
+
+
+def test_scan_without_faces_on_a_faces_dataset_is_refused(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root)
+    scan(_config(root, ds, tiny_checkpoint, write_faces=True))
+    target = root / "cam1" / "group_0.jpg"
+    _jpeg(target, "t1.jpg", 55)  # changed: would be reprocessed without its faces part
+    with pytest.raises(ScanOptionsError, match="pass --faces"):
+        scan(_config(root, ds, tiny_checkpoint))
+    result = CliRunner().invoke(
+        main, ["scan", str(root), "--out", str(ds), "--model", str(tiny_checkpoint),
+               "--settle", "0", "--backend", "eager"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "--faces" in result.stderr
+    assert _faces_rows(ds) == sum(expected.values())  # nothing lost
+
+
+def test_other_processing_options_are_refused_with_the_difference(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    _camera(root, n_group=1, n_single=0)
+    scan(_config(root, ds, tiny_checkpoint))
+    _jpeg(root / "cam2" / "new.jpg", "t1.jpg", 3)
+    with pytest.raises(ScanOptionsError, match=r"sample_fps 2\.0 -> 1\.0"):
+        scan(_config(root, ds, tiny_checkpoint, sample_fps=1.0))
+    with pytest.raises(ScanOptionsError, match="window_s"):
+        scan(_config(root, ds, tiny_checkpoint, window_s=10.0))
+    with pytest.raises(ScanOptionsError, match="model_sha256"):
+        other = tmp_path / "other.pt"
+        other.write_bytes(tiny_checkpoint.read_bytes() + b"x")
+        scan(_config(root, ds, other))
+    assert scan(_config(root, ds, tiny_checkpoint)).processed == 1  # same options: fine
+
+
+def test_options_are_recorded_per_file(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    _camera(root, n_group=1, n_single=1)
+    scan(_config(root, ds, tiny_checkpoint, write_tracks=True))
+    state = State(ds / "_state", read_only=True)
+    try:
+        rows = list(state.files().values())
+        settings = state.settings()
+    finally:
+        state.close()
+    assert {r.tables for r in rows} == {("stats", "tracks")}
+    (sig,) = {r.options for r in rows}
+    assert settings[sig]["sample_fps"] == 2.0 and len(settings[sig]["model_sha256"]) == 64
