@@ -288,7 +288,8 @@ def _decode_worker(
             except Exception as e:  # a decoder bug must not stop the batch
                 error = f"{m.path}: cannot decode ({type(e).__name__}: {e})".splitlines()[0]
             if seq_errors and error is None:
-                error = f"{seq_errors[0]} (and {len(seq_errors) - 1} more in the sequence)"
+                more = len(seq_errors) - 1
+                error = seq_errors[0] + (f" (and {more} more in the sequence)" if more else "")
             _put(out, _SourceEnd(m, count, duration, error), stop)
         _put(out, _DONE, stop)
     except _CancelledError:
