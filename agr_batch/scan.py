@@ -179,11 +179,11 @@ def scan(
             log.warning("repaired the dataset after an interrupted scan: %s", summary.repaired)
         rows = state.all_files()
         check_options(dataset.root, rows, state.settings(), sig, settings, tables)
+        run_id = state.start_run()  # before planning: hashing may take long, and be interrupted
         lock.activity(f"planning {root}")
         plan = make_plan(
             config, root, rows, tables, summary, on_error=on_error, activity=lock.activity
         )
-        run_id = state.start_run()
         with state.transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO settings (signature, settings) VALUES (?, ?)",
