@@ -297,68 +297,16 @@ def run(
 
 
 def _load_toml_defaults(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    """``--config FILE.toml``: every option's default, by option name (dashes or underscores).
-
-    Each value is checked against its option's type here, so a list where a number belongs
-    is one line naming the file and the key (exit 2), not a traceback later.
-    """
+    """``--config FILE.toml``: every option's default, by option name (dashes or underscores)."""
     if not value:
         return
-    import tomllib
-
-    from agr_batch.sources import open_regular
+    from agr_batch.tomlconfig import ConfigFileError, load_defaults
 
     try:
-        with open_regular(value) as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        fail(f"--config {value}: {getattr(e, 'strerror', None) or e}")
-    data = data.get("scan", data)
-    if not isinstance(data, dict):
-        fail(f"--config {value}: [scan] must be a table of options")
-    # Keys are option names as typed on the command line, with or without dashes.
-    params: dict[str, click.Parameter] = {}
-    for p in ctx.command.params:
-        if p.name is None or p.name == "config_file":
-            continue
-        params[p.name] = p
-        for opt in getattr(p, "opts", []):
-            params[opt.lstrip("-").replace("-", "_")] = p
-    defaults: dict[str, Any] = {}
-    for key, val in data.items():
-        param = params.get(key.replace("-", "_"))
-        if param is None:
-            fail(f"--config {value}: unknown option {key!r}")
-        assert param.name is not None
-        defaults[param.name] = _config_value(value, key, param, val, ctx)
+        defaults = load_defaults(value, ctx)
+    except ConfigFileError as e:
+        fail(str(e))
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
-
-
-def _config_value(file: str, key: str, param: click.Parameter, val: Any, ctx: click.Context) -> Any:
-    """``val`` converted to ``param``'s type, or exit 2 with one line naming ``key``."""
-    flag = isinstance(param, click.Option) and param.is_flag and not param.count
-    counted = isinstance(param, click.Option) and param.count
-    if flag:
-        expected = "true or false"
-    elif isinstance(param.type, click.Choice):
-        expected = "one of " + ", ".join(map(str, param.type.choices))
-    else:
-        name = param.type.name
-        expected = "a whole number" if counted else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-    ok_shape = (
-        isinstance(val, bool)
-        if flag
-        else not isinstance(val, bool | list | dict)
-        or isinstance(param.type, click.types.BoolParamType)
-    )
-    if isinstance(param.type, click.types.IntParamType) and isinstance(val, float):
-        ok_shape = False  # click would truncate 2.5 to 2
-    if ok_shape:
-        try:
-            return val if flag else param.type.convert(val, param, ctx)
-        except click.BadParameter:
-            pass
-    fail(f"--config {file}: {key} must be {expected}, got {val!r}")
 
 
 @main.command()
@@ -518,7 +466,7 @@ def status(dataset: str, as_json: bool, stuck_after: float) -> None:
     Reads the dataset only: works on a read-only dataset and while a scan runs.
     """
     from agr_batch.limits import MAX_SETTLE_S, check_number
-    from agr_batch.scan import StateError, dataset_status
+    from agr_batch.scan import StateError, dataset_status, format_status
 
     try:
         check_number("--stuck-after", stuck_after, low=0, high=MAX_SETTLE_S, unit="seconds")
@@ -528,35 +476,8 @@ def status(dataset: str, as_json: bool, stuck_after: float) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
         return
-    last = st["last_run"] or {}
-    lock = st["lock"]
-    click.echo(f"dataset      {st['dataset']}")
-    click.echo(f"files        {st['files_ok']} processed, {st['files_failed']} failed, "
-               f"{st['pending_at_last_run']} pending at the last run")  # fmt: skip
-    if st["earlier_recordings"] or st["vanished"]:
-        click.echo(
-            f"recordings   {st['earlier_recordings']} earlier recording(s) under reused names "
-            f"kept, {st['vanished']} whose file is gone (their rows are kept)"
-        )
-    click.echo(
-        f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
-    )
-    outcome = {
-        "died": "did not finish: killed or crashed (the next scan repairs the dataset)",
-        "interrupted": "interrupted",
-        "running": "running",
-    }.get(last.get("state", ""), "")
-    click.echo(
-        f"last run     #{last.get('id', '-')} started {last.get('started', '-')}, "
-        f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
-        + (f" ({outcome})" if outcome else "")
-    )
-    if lock["held"]:
-        doing = f"; {lock['doing']} for {lock.get('doing_for_s', '?')} s" if lock["doing"] else ""
-        stuck = " (STUCK? no progress for longer than --stuck-after)" if lock["stuck"] else ""
-        click.echo(f"scan now     {lock['holder'] or 'a scan'}{doing}{stuck}")
-    for f in st["failed"][:20]:
-        click.echo(f"failed       {f['error']}")
+    for line in format_status(st):
+        click.echo(line)
 
 
 @main.command(name="compile")

@@ -21,6 +21,8 @@ another spelling are the same files.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
 import sqlite3
@@ -66,6 +68,7 @@ __all__ = [
     "ScanSummary",
     "StateError",
     "dataset_status",
+    "format_status",
     "partition_date",
     "scan",
 ]
@@ -226,8 +229,6 @@ def scan(
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)
 
 
@@ -325,8 +326,6 @@ def _rename(dataset: Dataset, state: State, old: FileRow, new: Work, run_id: int
     for rel in old.parts:
         path = dataset.root / rel
         table = pq.read_table(path, partitioning=None)
-        import json
-
         meta = json.loads((table.schema.metadata or {}).get(b"agr_batch", b"{}"))
         kind = next((k for k, d in KIND_DIRS.items() if d and rel.startswith(d + "/")), "stats")
         date = path.parent.name.removeprefix("date=")
@@ -436,8 +435,6 @@ def dataset_status(dataset_dir: Path, *, stuck_after_s: float = STUCK_AFTER_S) -
     lock = inspect_lock(dataset.state_dir)
     lock["stuck"] = False
     if lock["held"] and lock["doing_since"]:
-        import datetime as dt
-
         try:
             since = dt.datetime.fromisoformat(lock["doing_since"])
             lock["doing_for_s"] = round((dt.datetime.now(dt.UTC) - since).total_seconds())
@@ -460,6 +457,41 @@ def dataset_status(dataset_dir: Path, *, stuck_after_s: float = STUCK_AFTER_S) -
         "lock": lock,
         "failed": [{"path": r.path, "error": r.error} for r in failed],
     }
+
+
+def format_status(st: dict[str, Any]) -> list[str]:
+    """The lines ``agr-batch status`` prints for :func:`dataset_status`'s result."""
+    last = st["last_run"] or {}
+    lock = st["lock"]
+    lines = [
+        f"dataset      {st['dataset']}",
+        f"files        {st['files_ok']} processed, {st['files_failed']} failed, "
+        f"{st['pending_at_last_run']} pending at the last run",
+    ]
+    if st["earlier_recordings"] or st["vanished"]:
+        lines.append(
+            f"recordings   {st['earlier_recordings']} earlier recording(s) under reused names "
+            f"kept, {st['vanished']} whose file is gone (their rows are kept)"
+        )
+    lines.append(
+        f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
+    )
+    outcome = {
+        "died": "did not finish: killed or crashed (the next scan repairs the dataset)",
+        "interrupted": "interrupted",
+        "running": "running",
+    }.get(str(last.get("state", "")), "")
+    lines.append(
+        f"last run     #{last.get('id', '-')} started {last.get('started', '-')}, "
+        f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
+        + (f" ({outcome})" if outcome else "")
+    )
+    if lock["held"]:
+        doing = f"; {lock['doing']} for {lock.get('doing_for_s', '?')} s" if lock["doing"] else ""
+        stuck = " (STUCK? no progress for longer than --stuck-after)" if lock["stuck"] else ""
+        lines.append(f"scan now     {lock['holder'] or 'a scan'}{doing}{stuck}")
+    lines += [f"failed       {f['error']}" for f in st["failed"][:20]]
+    return lines
 
 
 def _run_state(last: dict[str, Any], lock: dict[str, Any]) -> str:
