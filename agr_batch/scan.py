@@ -45,6 +45,7 @@ from agr_batch.scan_plan import (
     ScanOptionsError,
     Work,
     check_options,
+    covered,
     make_plan,
     requested_tables,
     signature,
@@ -297,8 +298,12 @@ def _apply(
         lock.activity(f"renaming {old.path}")
         _rename(dataset, state, old, new, run_id)
         summary.renamed += 1
+    # Said loudly when a table is being added (the scan that backfills), quietly after;
+    # ``status`` always lists such gaps.
+    level = logging.WARNING if any(w.reason == "backfill" for w in plan.work) else logging.INFO
     for kind, n in plan.gaps.items():
-        log.warning(
+        log.log(
+            level,
             "%d recording(s) whose files are gone or replaced have no %s parts; they "
             "cannot be backfilled",
             n,
@@ -431,6 +436,8 @@ def dataset_status(dataset_dir: Path, *, stuck_after_s: float = STUCK_AFTER_S) -
         state.close()
     current = [r for r in rows if r.current]
     ok = [r for r in rows if r.status == "ok"]
+    held = {k for r in ok for k in (r.tables or ())}
+    gaps = {k: sum(1 for r in ok if k not in covered(r)) for k in sorted(held)}
     failed = [r for r in current if r.status == "failed" or r.error is not None]
     lock = inspect_lock(dataset.state_dir)
     lock["stuck"] = False
@@ -453,6 +460,7 @@ def dataset_status(dataset_dir: Path, *, stuck_after_s: float = STUCK_AFTER_S) -
         "frames": sum(r.frames for r in ok),
         "faces": sum(r.faces for r in ok),
         "visitors": sum(r.visitors for r in ok),
+        "missing_parts": {k: n for k, n in gaps.items() if n},
         "last_run": last,
         "lock": lock,
         "failed": [{"path": r.path, "error": r.error} for r in failed],
@@ -476,6 +484,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
     lines.append(
         f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
     )
+    for kind, n in st["missing_parts"].items():
+        lines.append(f"gaps         {n} recording(s) without {kind} parts")
     outcome = {
         "died": "did not finish: killed or crashed (the next scan repairs the dataset)",
         "interrupted": "interrupted",

@@ -223,3 +223,17 @@ def test_options_are_recorded_per_file(tmp_path, tiny_checkpoint):
     assert {r.tables for r in rows} == {("stats", "tracks")}
     (sig,) = {r.options for r in rows}
     assert settings[sig]["sample_fps"] == 2.0 and len(settings[sig]["model_sha256"]) == 64
+
+
+def test_recordings_that_cannot_be_backfilled_are_listed(tmp_path, tiny_checkpoint, caplog):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    _camera(root)
+    scan(_config(root, ds, tiny_checkpoint))
+    (root / "cam2" / "single_0.jpg").unlink()  # its recording stays, without faces parts
+    s = scan(_config(root, ds, tiny_checkpoint, write_faces=True))
+    assert s.backfilled == 2
+    assert "1 recording(s) whose files are gone or replaced have no faces parts" in caplog.text
+    st = _status(ds)
+    assert st["missing_parts"] == {"faces": 1} and st["vanished"] == 1
+    text = CliRunner().invoke(main, ["status", str(ds)]).stdout
+    assert "gaps         1 recording(s) without faces parts" in text
