@@ -351,6 +351,7 @@ def scan(
     runs. Exit codes: 0 all good, 1 some files failed, 2 usage error, 3 another scan holds
     the lock, 130/143 interrupted by SIGINT/SIGTERM (files committed before are kept).
     """
+    from agr_batch.safety import is_within
     from agr_batch.scan import EXIT_LOCKED, LockedError, ScanConfig, StateError
     from agr_batch.scan import scan as run_scan
     from agr_batch.signals import exit_code_for, terminate_as_interrupt
@@ -361,6 +362,10 @@ def scan(
     file_log = logging.getLogger("agr_batch.scan.log")
     if log_file and media_kind(log_file) is not None:
         fail(f"--log-file {log_file}: a {media_kind(log_file)} file name; refusing to log into it")
+    if log_file and dataset and is_within(log_file, dataset):
+        # Dataset readers take every file there whose name does not start with _ or . for a
+        # part.
+        fail(f"--log-file {log_file}: inside the dataset {dataset}; put it elsewhere")
     if log_file:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

@@ -270,3 +270,17 @@ def test_config_file_with_wrong_types_is_one_line_exit_2(tmp_path, tiny_checkpoi
     result = CliRunner().invoke(main, ["scan", "--config", str(cfg)])
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["cam.mp4", "ds/scan.log"])
+def test_log_file_that_would_overwrite_media_or_break_the_dataset_is_refused(
+    tmp_path, tiny_checkpoint, name
+):
+    (tmp_path / "root").mkdir()
+    log_file = tmp_path / name
+    result = CliRunner().invoke(
+        main, [*_scan_args(tmp_path / "root", tmp_path / "ds", tiny_checkpoint),
+               "--log-file", str(log_file)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--log-file" in result.stderr, result.output
+    assert not log_file.exists()
