@@ -259,9 +259,13 @@ def test_sigint_and_sigterm_remove_temporaries_and_keep_old_outputs(
 
 
 def test_sigkill_leaves_temporaries_the_next_run_removes(tmp_path, tiny_checkpoint, scene_video):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "s.parquet").write_bytes(b"previous stats")
     proc, out = _start_run(tmp_path, scene_video.path, tiny_checkpoint)
     proc.kill()
     proc.wait(timeout=60)
+    assert (out / "s.parquet").read_bytes() == b"previous stats"  # untouched
     stale = sorted(p.name for p in out.glob(".*.tmp"))
     assert len(stale) == 2  # .s.parquet.agr-….tmp and .f.parquet.agr-….tmp
     # Look-alikes that are not ours stay.
@@ -310,3 +314,29 @@ def test_stream_writer_batches_rows_into_row_groups(tmp_path):
     meta = pq.read_metadata(path)
     assert meta.num_rows == 2500 and meta.num_row_groups == 3
     assert pq.read_table(path).column("x").to_pylist() == list(range(2500))
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_video_length(tmp_path, tiny_checkpoint, t1_rgb):
+    def peak_rss_mb(seconds: int) -> float:
+        video = media.make_video(
+            tmp_path / f"v{seconds}.mp4", [t1_rgb], fps=30, seconds=seconds, size=(640, 480),
+            gop=30, preset="ultrafast",
+        )  # fmt: skip
+        code = (
+            "import resource, sys; from agr_batch.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code)\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "run", str(video.path), "--out",
+             str(tmp_path / "s.parquet"), "--faces", str(tmp_path / "f.parquet"),
+             "--model", str(tiny_checkpoint), "--backend", "eager", "--quiet"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        rss, status = proc.stdout.split()
+        assert status == "0", proc.stderr
+        return int(rss) / 1024
+
+    short, long = peak_rss_mb(5), peak_rss_mb(40)
+    assert long - short < 150, (short, long)
