@@ -237,3 +237,67 @@ def test_recordings_that_cannot_be_backfilled_are_listed(tmp_path, tiny_checkpoi
     assert st["missing_parts"] == {"faces": 1} and st["vanished"] == 1
     text = CliRunner().invoke(main, ["status", str(ds)]).stdout
     assert "gaps         1 recording(s) without faces parts" in text
+
+
+V1_FILES = """CREATE TABLE files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok', 'failed')), error TEXT,
+    parts TEXT NOT NULL DEFAULT '[]', frames INTEGER NOT NULL DEFAULT 0,
+    faces INTEGER NOT NULL DEFAULT 0, visitors INTEGER NOT NULL DEFAULT 0,
+    processed_at TEXT NOT NULL, run_id INTEGER)"""
+V1_COLUMNS = (
+    "path, size, mtime_ns, sha256, status, error, parts, frames, faces, visitors, processed_at, "
+    "run_id"
+)
+
+
+def _downgrade_to_v1(ds, rename=lambda p: p) -> None:
+    """Turn a dataset's state into what an older agr-batch wrote (paths as typed)."""
+    import sqlite3
+
+    db = sqlite3.connect(ds / "_state" / "state.sqlite", isolation_level=None)
+    rows = db.execute(f"SELECT {V1_COLUMNS} FROM files").fetchall()
+    db.execute("DROP TABLE files")
+    db.execute("DROP TABLE settings")
+    db.execute(V1_FILES)
+    db.executemany(
+        f"INSERT INTO files ({V1_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+        [(rename(r[0]), *r[1:]) for r in rows],
+    )
+    db.execute("PRAGMA user_version = 0")
+    db.close()
+
+
+def test_state_of_an_older_version_is_migrated_without_reprocessing(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root)
+    scan(_config(root, ds, tiny_checkpoint, write_tracks=True))
+    _downgrade_to_v1(ds)
+    s = scan(_config(root, ds, tiny_checkpoint, write_tracks=True))
+    assert s.processed == 0 and s.unchanged == 3
+    assert _faces_by_source(ds) == expected
+    state = State(ds / "_state", read_only=True)
+    try:
+        rows = list(state.files().values())
+    finally:
+        state.close()
+    assert all(r.ino is not None and r.prefix_sha256 for r in rows)  # identities recorded
+    # Without --tracks it is refused: the old rows' parts show the dataset has tracks.
+    with pytest.raises(ScanOptionsError, match="--tracks"):
+        scan(_config(root, ds, tiny_checkpoint))
+
+
+def test_dataset_recorded_through_a_symlink_by_an_older_version_is_not_doubled(
+    tmp_path, tiny_checkpoint
+):
+    # Older versions keyed files by the root as typed: a dataset built through `link` holds
+    # link/... paths. Scanning the real folder renames those rows instead of adding new ones.
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root)
+    (tmp_path / "link").symlink_to(root)
+    scan(_config(root, ds, tiny_checkpoint))
+    _downgrade_to_v1(ds, rename=lambda p: p.replace(str(root), str(tmp_path / "link")))
+    s = scan(_config(tmp_path / "link", ds, tiny_checkpoint))
+    assert s.processed == 0 and s.renamed == 3
+    assert _faces_by_source(ds) == expected
+    assert _status(ds)["files_ok"] == 3
