@@ -710,9 +710,16 @@ def run(
     and counted; processing goes on with the rest. ``pipeline_factory`` replaces the local
     :class:`Pipeline` (the Ray engine passes one that runs on a cluster).
 
+    The outputs are checked first (none may be an input or another output, however
+    spelled), then written as one set: all or nothing (see :class:`agr_batch.sinks.OutputSet`).
+
     Raises:
         agr_batch.checkpoint.CheckpointError: If the model cannot be loaded.
+        agr_batch.safety.OutputError: An output that must not or cannot be written (nothing
+            was replaced).
         ValueError: For an unusable device or detector configuration.
+        KeyboardInterrupt: On SIGINT (and SIGTERM under the CLI); nothing was replaced, or,
+            when ``after_commit`` is set, the whole set was.
     """
     t_start = time.perf_counter()
     found = discover(config.inputs)
