@@ -361,7 +361,10 @@ def scan(
     _setup_logging(opts["verbose"], quiet or as_json)
     file_log = logging.getLogger("agr_batch.scan.log")
     if log_file and media_kind(log_file) is not None:
-        fail(f"--log-file {log_file}: a {media_kind(log_file)} file name; refusing to log into it")
+        fail(
+            f"--log-file {log_file}: named like media ({media_kind(log_file)}); refusing to "
+            "log into it"
+        )
     if log_file and dataset and is_within(log_file, dataset):
         # Dataset readers take every file there whose name does not start with _ or . for a
         # part.

@@ -75,8 +75,9 @@ def check_outputs(
         kind = media_kind(path)
         if kind is not None:
             hint = (hints or {}).get(opt, "")
+            article = "an" if kind == "image" else "a"
             raise OutputError(
-                f"{opt} {path}: a {kind} file name, but {opt} writes a Parquet table"
+                f"{opt} {path}: {article} {kind} file name, but {opt} writes a Parquet table"
                 f"{'; ' + hint if hint else ''}"
             )
         if path.is_dir():

@@ -141,18 +141,29 @@ def table_settings(config: ScanConfig) -> dict[str, Any]:
         raise CheckpointError(
             f"{config.model}: cannot read the checkpoint ({e.strerror})"
         ) from None
-    det = config.detector
-    return {
+    settings = {
         "model_sha256": model_sha,
         "sample_fps": config.sample_fps,
         "keyframes_only": config.keyframes_only,
         "skip_nonref": config.skip_nonref,
         "window_s": config.window_s,
-        "detector": [det.name, det.score_threshold, det.min_face, det.max_side, det.model_path],
-        "tracker": sorted(vars(config.tracker).items()),
-        "vote": sorted(vars(config.vote).items()),
+        "detector": vars(config.detector),
+        "tracker": vars(config.tracker),
+        "vote": vars(config.vote),
         "min_cell_count": config.min_cell_count,
     }
+    # As stored: compared with what earlier scans recorded.
+    return dict(json.loads(json.dumps(settings, sort_keys=True, default=str)))
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def signature(settings: dict[str, Any]) -> str:
@@ -194,9 +205,11 @@ def check_options(
     ok = [r for r in rows if r.status == "ok"]
     others = {r.options for r in ok if r.options is not None and r.options != sig}
     if others:
-        before = known.get(sorted(others)[0], {})
+        before, now = _flat(known.get(sorted(others)[0], {})), _flat(settings)
         diff = [
-            f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v
+            f"{k} {before.get(k)!r} -> {now.get(k)!r}"
+            for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)
         ]
         raise ScanOptionsError(
             f"{dataset_root} was built with other processing options "
