@@ -294,7 +294,14 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: {e}") from None
     except TypeError as e:
         raise CheckpointError(f"{path}: overrides do not fit arch {meta.arch!r} ({e})") from None
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError, TypeError) as e:
+        # Same names, other shapes (weights of another arch): torch lists every tensor.
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise CheckpointError(
+            f"{path}: weights do not fit arch {meta.arch!r} ({first[:200]})"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: weights do not fit arch {meta.arch!r} "

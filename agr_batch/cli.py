@@ -52,7 +52,8 @@ def _setup_logging(verbose: int, quiet: bool, *, warnings_only: bool = False) ->
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     """Print one line to stderr and exit with ``code``."""
-    click.echo(f"agr-batch: error: {message}", err=True)
+    # Library messages sometimes carry newlines; the contract is one line.
+    click.echo(f"agr-batch: error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
 
 
@@ -175,7 +176,7 @@ _PROCESSING_OPTIONS = [
         "segment_s",
         default=0.0,
         show_default=True,
-        type=click.FloatRange(min=0),
+        type=float,
         help="Ray: split videos into segments of this many seconds (0 = never).",
     ),
     click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary; errors only."),
@@ -194,11 +195,17 @@ def processing_options(fn: Callable[..., None]) -> Callable[..., None]:
 def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     """Turn the shared options into :class:`agr_batch.config.ProcessingConfig` keywords."""
     from agr_batch.config import DetectorConfig
+    from agr_batch.limits import MAX_SEGMENT_S, check_number
     from agr_batch.track import TrackerConfig
     from agr_batch.vote import VoteConfig
 
     if not opts.get("model"):
         fail(NO_MODEL_HELP)
+    # Checked here as well as by the Ray engine: with --engine local it is otherwise unused,
+    # and a NaN there must not pass silently.
+    check_number(
+        "--segment (0 = never split)", opts["segment_s"], low=0, high=MAX_SEGMENT_S, unit="seconds"
+    )
     return {
         "model": Path(opts["model"]),
         "sample_fps": opts["sample_fps"],
@@ -274,29 +281,35 @@ def run(
     """Detect and classify faces in videos, images and folders; write Parquet statistics."""
     from agr_batch.config import RunConfig
     from agr_batch.runner import run as run_pipeline
+    from agr_batch.signals import exit_code_for, terminate_as_interrupt
 
     quiet, as_json = opts["quiet"], opts["as_json"]
     _setup_logging(opts["verbose"], quiet, warnings_only=as_json)
     try:
-        config = RunConfig(
-            inputs=tuple(inputs),
-            out=Path(out),
-            faces_out=Path(faces_out) if faces_out else None,
-            tracks_out=Path(tracks_out) if tracks_out else None,
-            sequence=sequence,
-            **processing_kwargs(opts),
-        )
-        progress = not (quiet or as_json) and sys.stderr.isatty()
-        if opts["engine"] == "ray":
-            from agr_batch.distributed import run_ray
+        with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: temporary files go
+            config = RunConfig(
+                inputs=tuple(inputs),
+                out=Path(out),
+                faces_out=Path(faces_out) if faces_out else None,
+                tracks_out=Path(tracks_out) if tracks_out else None,
+                sequence=sequence,
+                **processing_kwargs(opts),
+            )
+            progress = not (quiet or as_json) and sys.stderr.isatty()
+            if opts["engine"] == "ray":
+                from agr_batch.distributed import run_ray
 
-            summary = run_ray(config, progress=progress, on_error=_echo_error, **_ray_opts(opts))
-        else:
-            summary = run_pipeline(config, progress=progress, on_error=_echo_error)
+                summary = run_ray(
+                    config, progress=progress, on_error=_echo_error, **_ray_opts(opts)
+                )
+            else:
+                summary = run_pipeline(config, progress=progress, on_error=_echo_error)
     except _config_errors() as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was written under the output names", 130)
+    except KeyboardInterrupt as e:
+        if getattr(e, "after_commit", False):
+            fail("interrupted after the outputs were written", exit_code_for(e))
+        fail("interrupted; nothing was written under the output names", exit_code_for(e))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     elif not quiet:
@@ -308,28 +321,12 @@ def _load_toml_defaults(ctx: click.Context, _param: click.Parameter, value: str 
     """``--config FILE.toml``: every option's default, by option name (dashes or underscores)."""
     if not value:
         return
-    import tomllib
+    from agr_batch.tomlconfig import ConfigFileError, load_defaults
 
     try:
-        with open(value, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise click.BadParameter(f"{value}: {e}") from None
-    data = data.get("scan", data)
-    # Keys are option names as typed on the command line, with or without dashes.
-    names: dict[str, str] = {}
-    for p in ctx.command.params:
-        if p.name is None or p.name == "config_file":
-            continue
-        names[p.name] = p.name
-        for opt in getattr(p, "opts", []):
-            names[opt.lstrip("-").replace("-", "_")] = p.name
-    defaults: dict[str, Any] = {}
-    for key, val in data.items():
-        name = names.get(key.replace("-", "_"))
-        if name is None:
-            raise click.BadParameter(f"{value}: unknown option {key!r}")
-        defaults[name] = val
+        defaults = load_defaults(value, ctx)
+    except ConfigFileError as e:
+        fail(str(e))
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
@@ -373,14 +370,26 @@ def scan(
 
     Safe for cron: incremental, exactly once, crash-safe, and locked against overlapping
     runs. Exit codes: 0 all good, 1 some files failed, 2 usage error, 3 another scan holds
-    the lock.
+    the lock, 130/143 interrupted by SIGINT/SIGTERM (files committed before are kept).
     """
-    from agr_batch.scan import EXIT_LOCKED, LockedError, ScanConfig
+    from agr_batch.safety import is_within
+    from agr_batch.scan import EXIT_LOCKED, LockedError, ScanConfig, StateError
     from agr_batch.scan import scan as run_scan
+    from agr_batch.signals import exit_code_for, terminate_as_interrupt
+    from agr_batch.sources import media_kind
 
     quiet, as_json = opts["quiet"], opts["as_json"]
     _setup_logging(opts["verbose"], quiet, warnings_only=as_json)
     file_log = logging.getLogger("agr_batch.scan.log")
+    if log_file and media_kind(log_file) is not None:
+        fail(
+            f"--log-file {log_file}: named like media ({media_kind(log_file)}); refusing to "
+            "log into it"
+        )
+    if log_file and dataset and is_within(log_file, dataset):
+        # Dataset readers take every file there whose name does not start with _ or . for a
+        # part.
+        fail(f"--log-file {log_file}: inside the dataset {dataset}; put it elsewhere")
     if log_file:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -398,29 +407,36 @@ def scan(
             file_log.error("%s", message)
 
     try:
-        config = ScanConfig(
-            root=Path(root),
-            dataset=Path(dataset),
-            settle_s=settle_s,
-            retry_failed=retry_failed,
-            dry_run=dry_run,
-            write_faces=write_faces,
-            write_tracks=write_tracks,
-            **processing_kwargs(opts),
-        )
-        if not Path(root).exists():
-            fail(f"{root}: no such folder")
-        progress = not (quiet or as_json) and sys.stderr.isatty()
-        if opts["engine"] == "ray":
-            from agr_batch.distributed import scan_ray
+        with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the run is recorded
+            config = ScanConfig(
+                root=Path(root),
+                dataset=Path(dataset),
+                settle_s=settle_s,
+                retry_failed=retry_failed,
+                dry_run=dry_run,
+                write_faces=write_faces,
+                write_tracks=write_tracks,
+                **processing_kwargs(opts),
+            )
+            if not Path(root).exists():
+                fail(f"{root}: no such folder")
+            progress = not (quiet or as_json) and sys.stderr.isatty()
+            if opts["engine"] == "ray":
+                from agr_batch.distributed import scan_ray
 
-            summary = scan_ray(config, progress=progress, on_error=on_error, **_ray_opts(opts))
-        else:
-            summary = run_scan(config, progress=progress, on_error=on_error)
+                summary = scan_ray(config, progress=progress, on_error=on_error, **_ray_opts(opts))
+            else:
+                summary = run_scan(config, progress=progress, on_error=on_error)
     except LockedError as e:
         fail(str(e), EXIT_LOCKED)
+    except StateError as e:
+        fail(str(e))
     except _config_errors() as e:
         fail(str(e))
+    except KeyboardInterrupt as e:
+        fail("interrupted; every file committed before is kept", exit_code_for(e))
+    except OSError as e:  # the dataset folder cannot be created or written
+        fail(f"{e.filename or dataset}: {e.strerror or e}")
     if dry_run and not as_json:
         for line in summary.plan:
             click.echo(line)
@@ -468,30 +484,30 @@ def report(stats: str, out: str, png_dir: str | None, min_cell_count: int) -> No
 @main.command()
 @click.argument("dataset", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(dataset: str, as_json: bool) -> None:
-    """Files processed, failed and pending, last run and totals of a scanned dataset."""
-    from agr_batch.scan import dataset_status
+@click.option(
+    "--stuck-after",
+    default=3600.0,
+    show_default=True,
+    help="Flag a running scan whose current step has lasted longer than this, seconds.",
+)
+def status(dataset: str, as_json: bool, stuck_after: float) -> None:
+    """Files processed, failed and pending, last run, lock holder and totals of a dataset.
+
+    Reads the dataset only: works on a read-only dataset and while a scan runs.
+    """
+    from agr_batch.limits import MAX_SETTLE_S, check_number
+    from agr_batch.scan import StateError, dataset_status, format_status
 
     try:
-        st = dataset_status(Path(dataset))
-    except FileNotFoundError as e:
+        check_number("--stuck-after", stuck_after, low=0, high=MAX_SETTLE_S, unit="seconds")
+        st = dataset_status(Path(dataset), stuck_after_s=stuck_after)
+    except (FileNotFoundError, StateError, ValueError) as e:
         fail(str(e))
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
         return
-    last = st["last_run"] or {}
-    click.echo(f"dataset      {st['dataset']}")
-    click.echo(f"files        {st['files_ok']} processed, {st['files_failed']} failed, "
-               f"{st['pending_at_last_run']} pending at the last run")  # fmt: skip
-    click.echo(
-        f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
-    )
-    click.echo(
-        f"last run     #{last.get('id', '-')} started {last.get('started', '-')}, "
-        f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
-    )
-    for f in st["failed"][:20]:
-        click.echo(f"failed       {f['error']}")
+    for line in format_status(st):
+        click.echo(line)
 
 
 @main.command(name="compile")

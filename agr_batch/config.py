@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agr_batch import __version__
+from agr_batch import __version__, limits
+from agr_batch.limits import check_number
 from agr_batch.track import TrackerConfig
 from agr_batch.vote import VoteConfig
 
@@ -33,12 +34,17 @@ class DetectorConfig:
     model_path: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.score_threshold < 1.0:
-            raise ValueError(f"score threshold must be in (0, 1), got {self.score_threshold}")
-        if self.min_face < 1:
-            raise ValueError(f"min face size must be >= 1 pixel, got {self.min_face}")
-        if self.max_side < 64:
-            raise ValueError(f"detector resolution must be >= 64 pixels, got {self.max_side}")
+        check_number("--det-threshold", self.score_threshold, low=0.0, high=1.0, low_open=True)
+        if self.score_threshold == 1.0:
+            raise ValueError("--det-threshold must be < 1 (no detection scores 1 or more)")
+        check_number(
+            "--min-face", self.min_face, low=1, high=limits.MAX_MIN_FACE, unit="pixels",
+            integer=True,
+        )  # fmt: skip
+        check_number(
+            "--det-size", self.max_side, low=limits.MIN_DET_SIZE, high=limits.MAX_DET_SIZE,
+            unit="pixels", integer=True,
+        )  # fmt: skip
 
     def kwargs(self) -> dict[str, Any]:
         """Constructor keywords for :func:`agr_batch.detect.create_detector`."""
@@ -74,6 +80,8 @@ class ProcessingConfig:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         cache_dir: Compiled-engine cache folder (default ``~/.cache/agr-batch``).
         queue_size: Bound of each inter-stage queue, in frames.
+        max_inflight_bytes: Bound of the decoded frame bytes queued between the decoder and
+            the detector (a single larger frame still passes, alone).
         tracker: Face tracker thresholds.
         vote: Which faces of each track are classified.
         min_cell_count: Drop stats cells with fewer faces or people than this (0 = keep all).
@@ -92,22 +100,32 @@ class ProcessingConfig:
     precision: str = "auto"
     cache_dir: Path | None = None
     queue_size: int = 8
+    max_inflight_bytes: int = limits.DEFAULT_MAX_INFLIGHT_BYTES
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     vote: VoteConfig = field(default_factory=VoteConfig)
     min_cell_count: int = 0
     decoder: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.min_cell_count < 0:
-            raise ValueError(f"--min-cell-count must be >= 0, got {self.min_cell_count}")
-        if self.sample_fps < 0:
-            raise ValueError(f"--sample-fps must be >= 0 (0 = every frame), got {self.sample_fps}")
-        if self.window_s <= 0:
-            raise ValueError(f"--window must be > 0 seconds, got {self.window_s}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.queue_size < 1:
-            raise ValueError(f"queue size must be >= 1, got {self.queue_size}")
+        check_number(
+            "--min-cell-count", self.min_cell_count, low=0, high=limits.MAX_MIN_CELL_COUNT,
+            integer=True,
+        )  # fmt: skip
+        check_number(
+            "--sample-fps (0 = every frame)", self.sample_fps, low=0.0,
+            high=limits.MAX_SAMPLE_FPS,
+        )  # fmt: skip
+        check_number(
+            "--window", self.window_s, low=limits.MIN_WINDOW_S, high=limits.MAX_WINDOW_S,
+            unit="seconds",
+        )  # fmt: skip
+        check_number(
+            "--batch-size", self.batch_size, low=1, high=limits.MAX_BATCH_SIZE, integer=True
+        )
+        check_number("queue size", self.queue_size, low=1, high=1024, integer=True)
+        check_number(
+            "in-flight frame bytes", self.max_inflight_bytes, low=1, high=2**48, integer=True
+        )
 
     def to_metadata(self, **resolved: Any) -> dict[str, Any]:
         """The configuration as JSON-ready data, plus values resolved at run time."""

@@ -50,8 +50,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from agr_batch.budget import ByteBudget
 from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.engines import BackendUnavailableError
+from agr_batch.limits import MAX_SEGMENT_S, check_number
 from agr_batch.records import Frame, Predictions, TrackResult
 from agr_batch.runner import (
     ImageSequence,
@@ -145,10 +147,11 @@ class RayOptions:
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
-        if self.segment_s is not None and self.segment_s < 0:
-            raise ValueError(
-                f"--segment must be >= 0 seconds (0 = never split), got {self.segment_s}"
-            )
+        if self.segment_s is not None:
+            check_number(
+                "--segment (0 = never split)", self.segment_s, low=0, high=MAX_SEGMENT_S,
+                unit="seconds",
+            )  # fmt: skip
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"CPUs per worker must be > 0, got {self.cpus_per_worker}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -233,10 +236,16 @@ class _Raised:
     exc: BaseException
 
 
-def _prefetch(frames: Iterator[Frame], size: int, times: StageTimes) -> Iterator[Frame]:
-    """Run ``frames`` on a thread, ``size`` frames ahead (decoding overlaps detection)."""
+def _prefetch(
+    frames: Iterator[Frame], size: int, times: StageTimes, *, max_bytes: int
+) -> Iterator[Frame]:
+    """Run ``frames`` on a thread, ``size`` frames and ``max_bytes`` ahead.
+
+    Decoding overlaps detection; a frame larger than ``max_bytes`` passes alone.
+    """
     q: queue.Queue[Any] = queue.Queue(maxsize=size)
     stop = threading.Event()
+    budget = ByteBudget(max_bytes)
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -258,7 +267,7 @@ def _prefetch(frames: Iterator[Frame], size: int, times: StageTimes) -> Iterator
                     put(_STOP)
                     return
                 times.decode += time.perf_counter() - t0
-                if not put(item):
+                if not budget.acquire(item.image.nbytes, stop) or not put(item):
                     return
         except BaseException as e:
             put(_Raised(e))
@@ -277,6 +286,7 @@ def _prefetch(frames: Iterator[Frame], size: int, times: StageTimes) -> Iterator
             if isinstance(item, _Raised):
                 raise item.exc
             yield item
+            budget.release(item.image.nbytes)  # the consumer is done with it
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -332,7 +342,9 @@ def process_segment(pipeline: Pipeline, segment: Segment) -> tuple[SourceResult,
         skip_nonref=config.skip_nonref,
     )
     try:
-        for frame in _prefetch(decoded, config.queue_size, times):
+        for frame in _prefetch(
+            decoded, config.queue_size, times, max_bytes=config.max_inflight_bytes
+        ):
             try:
                 dets, chips, track_ids, ended = detect_frame(
                     pipeline.detector, spec, tracker, frame, times

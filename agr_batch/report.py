@@ -21,11 +21,14 @@ import matplotlib
 matplotlib.use("Agg")  # no display; must precede pyplot
 import matplotlib.pyplot as plt
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from agr_batch import __version__
+from agr_batch.aggregate import STATS_SCHEMA
 from agr_batch.labels import AGE, GENDER, RACE
+from agr_batch.safety import OutputError, is_within, same_file
 from agr_batch.sinks import METADATA_KEY, atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,13 +63,26 @@ def load_stats(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, An
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        dataset = pads.dataset(path, partitioning="hive")
-        table = dataset.to_table()
-        meta = (pq.read_schema(dataset.files[0]).metadata or {}) if dataset.files else {}
-    else:
-        table = pq.read_table(path)
-        meta = table.schema.metadata or {}
+    try:
+        if path.is_dir():
+            dataset = pads.dataset(path, partitioning="hive")
+            if not dataset.files:
+                if not (path / "_state" / "state.sqlite").is_file():
+                    raise ValueError(
+                        f"{path}: no stats here (neither a stats table nor a scanned dataset)"
+                    )
+                # A scanned dataset before its first stats part: an empty report, not an
+                # error, so that "scan, then report" works from the first cron run.
+                return STATS_SCHEMA.empty_table().to_pandas(), {}
+            table = dataset.to_table()
+            meta = pq.read_schema(dataset.files[0]).metadata or {}
+        elif not path.is_file():
+            raise ValueError(f"{path}: not a regular file")
+        else:
+            table = pq.read_table(path)
+            meta = table.schema.metadata or {}
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(f"{path}: not a readable Parquet table or dataset ({e})") from None
     raw = meta.get(METADATA_KEY) if meta else None
     config = json.loads(raw) if raw else {}
     frame = table.to_pandas()
@@ -229,7 +245,8 @@ def render(data: ReportData, *, png_dir: Path | None = None) -> str:
     esc = html.escape
     sections: list[tuple[str, str]] = []
     if data.table.empty:
-        sections.append(("No data", "<p>Nothing to show after suppression.</p>"))
+        why = "after suppression" if data.suppressed_cells else "yet: no stats rows"
+        sections.append(("No data", f"<p>Nothing to show {why}.</p>"))
     else:
         sections += [
             ("Age and gender", pyramid(data.table, png_dir)),
@@ -271,6 +288,24 @@ Cells with fewer than {data.min_cell_count} faces or visitors are suppressed.</p
 """
 
 
+def _check_report_outputs(
+    stats: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    png_dir: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse a report written over its input or into the dataset it reads."""
+    if Path(out).is_dir():
+        raise OutputError(f"--out {out}: is a folder, not a file name")
+    if Path(stats).exists() and same_file(out, stats):
+        raise OutputError(f"--out {out}: is the input {stats}; refusing to overwrite it")
+    if Path(stats).is_dir():
+        # Readers take every file in a dataset folder for a part: an HTML page or PNGs
+        # there would break them.
+        for opt, target in (("--out", out), ("--png-dir", png_dir)):
+            if target is not None and is_within(target, stats):
+                raise OutputError(f"{opt} {target}: inside the dataset {stats}")
+
+
 def build_report(
     stats: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -281,6 +316,7 @@ def build_report(
     """Write the HTML report of ``stats`` (file or dataset) to ``out`` atomically."""
     if min_cell_count < 0:
         raise ValueError(f"--min-cell-count must be >= 0, got {min_cell_count}")
+    _check_report_outputs(stats, out, png_dir)
     frame, config = load_stats(stats)
     kept, dropped = suppress(frame, min_cell_count)
     data = ReportData(

@@ -8,6 +8,7 @@ thread. Each stage lives in its own module; this one only moves records between 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 
 from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table, tracks_table
 from agr_batch.align import align_faces
+from agr_batch.budget import ByteBudget
 from agr_batch.checkpoint import load_checkpoint
 from agr_batch.classify import Classifier, resolve_device
 from agr_batch.config import ProcessingConfig, RunConfig
@@ -29,8 +31,10 @@ from agr_batch.detect import Detector, create_detector
 from agr_batch.engines import engine_for_checkpoint
 from agr_batch.preprocess import PreprocessSpec
 from agr_batch.records import Detections, Frame, Predictions, TrackResult
-from agr_batch.sinks import ParquetStreamWriter, write_table
+from agr_batch.safety import check_outputs
+from agr_batch.sinks import OutputSet, ParquetStreamWriter
 from agr_batch.sources import (
+    Discovery,
     MediaFile,
     SourceError,
     capture_time,
@@ -269,6 +273,7 @@ def _decode_worker(
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
+    budget: ByteBudget,
 ) -> None:
     try:
         for m in media:
@@ -279,6 +284,8 @@ def _decode_worker(
             try:
                 it, duration = _open_source(m, config, decoder, seq_errors)
                 for frame in _timed(iter(it), times):
+                    if not budget.acquire(frame.image.nbytes, stop):
+                        raise _CancelledError
                     _put(out, _FrameItem(m, frame), stop)
                     count += 1
             except SourceError as e:
@@ -288,7 +295,8 @@ def _decode_worker(
             except Exception as e:  # a decoder bug must not stop the batch
                 error = f"{m.path}: cannot decode ({type(e).__name__}: {e})".splitlines()[0]
             if seq_errors and error is None:
-                error = f"{seq_errors[0]} (and {len(seq_errors) - 1} more in the sequence)"
+                more = len(seq_errors) - 1
+                error = seq_errors[0] + (f" (and {more} more in the sequence)" if more else "")
             _put(out, _SourceEnd(m, count, duration, error), stop)
         _put(out, _DONE, stop)
     except _CancelledError:
@@ -332,6 +340,7 @@ def _detect_worker(
     out: queue.Queue[Any],
     stop: threading.Event,
     times: StageTimes,
+    budget: ByteBudget,
 ) -> None:
     tracker = Tracker(tracker_config)
     try:
@@ -352,6 +361,9 @@ def _detect_worker(
                 except Exception as e:
                     _put(out, _FrameFailed(media, detection_error(item, e)), stop)
                     continue
+                finally:
+                    # Only the chips go on: the frame's pixels are no longer in flight.
+                    budget.release(item.image.nbytes)
                 detected = _Detected(
                     media,
                     item.frame_index,
@@ -576,6 +588,7 @@ class Pipeline:
         )
         self.detector = create_detector(config.detector.name, **config.detector.kwargs())
         self.decoder = resolve_decoder(config.decoder, self.device.type)
+        self.inflight = ByteBudget(config.max_inflight_bytes)  # the last process() call's
 
     @property
     def labels(self) -> dict[str, tuple[str, ...]]:
@@ -616,16 +629,26 @@ class Pipeline:
         q_detected: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
         bars = _Progress(progress, sum(1 for m in media if m.kind == "image"))
         spec = self.checkpoint.meta.preprocess
+        budget = self.inflight = ByteBudget(config.max_inflight_bytes)
         threads = [
             threading.Thread(
                 target=_decode_worker,
-                args=(tuple(media), config, self.decoder, q_frames, stop, times),
+                args=(tuple(media), config, self.decoder, q_frames, stop, times, budget),
                 name="agr-decode",
                 daemon=True,
             ),
             threading.Thread(
                 target=_detect_worker,
-                args=(self.detector, spec, config.tracker, q_frames, q_detected, stop, times),
+                args=(
+                    self.detector,
+                    spec,
+                    config.tracker,
+                    q_frames,
+                    q_detected,
+                    stop,
+                    times,
+                    budget,
+                ),
                 name="agr-detect",
                 daemon=True,
             ),
@@ -662,6 +685,25 @@ class Pipeline:
         return times
 
 
+_MEDIA_HINTS = {
+    "--faces": "run --faces takes the per-face table's file name (as in --faces faces.parquet)",
+    "--tracks": "run --tracks takes the per-track table's file name (--tracks tracks.parquet)",
+}
+
+
+def _check_outputs(config: RunConfig, found: Discovery) -> None:
+    """Refuse outputs that are inputs (however spelled), each other, or media names."""
+    inputs: list[Path] = [Path(p) for p in config.inputs]
+    inputs += [m.path for m in found.media] + list(found.skipped) + [Path(config.model)]
+    if config.detector.model_path:
+        inputs.append(Path(config.detector.model_path))
+    check_outputs(
+        {"--out": config.out, "--faces": config.faces_out, "--tracks": config.tracks_out},
+        inputs,
+        hints=_MEDIA_HINTS,
+    )
+
+
 def run(
     config: RunConfig,
     *,
@@ -675,13 +717,24 @@ def run(
     and counted; processing goes on with the rest. ``pipeline_factory`` replaces the local
     :class:`Pipeline` (the Ray engine passes one that runs on a cluster).
 
+    The outputs are checked first (none may be an input or another output, however
+    spelled), then written as one set: all or nothing (see :class:`agr_batch.sinks.OutputSet`).
+
     Raises:
         agr_batch.checkpoint.CheckpointError: If the model cannot be loaded.
+        agr_batch.safety.OutputError: An output that must not or cannot be written (nothing
+            was replaced).
         ValueError: For an unusable device or detector configuration.
+        KeyboardInterrupt: On SIGINT (and SIGTERM under the CLI); nothing was replaced, or,
+            when ``after_commit`` is set, the whole set was.
     """
     t_start = time.perf_counter()
-    pipeline = (pipeline_factory or Pipeline)(config)
     found = discover(config.inputs)
+    _check_outputs(config, found)  # before anything is loaded or written
+    pipeline = (pipeline_factory or Pipeline)(config)
+    outputs = OutputSet(
+        {"--out": config.out, "--faces": config.faces_out, "--tracks": config.tracks_out}
+    )
     media = group_sequences(found.media) if config.sequence else list(found.media)
     engine = pipeline.engine
     summary = RunSummary(
@@ -699,14 +752,11 @@ def run(
     if found.skipped:
         log.info("skipped %d non-media files", len(found.skipped))
 
-    metadata = pipeline.metadata(config)
+    # The token ties the files of one run together: a reader can check they belong.
+    metadata = {**pipeline.metadata(config), "output_set": outputs.token}
     aggregator = StatsAggregator(pipeline.labels, window_s=config.window_s)
     tracks: list[TrackResult] = []
-    faces_writer = (
-        ParquetStreamWriter(config.faces_out, FACES_SCHEMA, metadata=metadata)
-        if config.faces_out is not None
-        else None
-    )
+    faces_writer: ParquetStreamWriter | None = None
 
     def on_source(result: SourceResult) -> None:
         source = str(result.media.path)
@@ -729,13 +779,19 @@ def run(
             summary.files_ok += 1
 
     times = StageTimes()
-    try:
-        if faces_writer is not None:
-            faces_writer.__enter__()
-        times = pipeline.process(media, on_source, progress=progress)
+    # All outputs go to locked temporary files (reserved before any work, so an unwritable
+    # folder fails at once) and replace the old set together, or not at all.
+    with outputs:
+        faces_ctx = (
+            outputs.stream("--faces", FACES_SCHEMA, metadata=metadata)
+            if config.faces_out is not None
+            else contextlib.nullcontext()
+        )
+        with faces_ctx as faces_writer:
+            times = pipeline.process(media, on_source, progress=progress)
         t_w = time.perf_counter()
-        write_table(
-            config.out, aggregator.table(min_cell_count=config.min_cell_count), metadata=metadata
+        outputs.write_table(
+            "--out", aggregator.table(min_cell_count=config.min_cell_count), metadata=metadata
         )
         summary.suppressed_faces = aggregator.suppressed.faces
         summary.suppressed_cells = aggregator.suppressed.cells
@@ -747,15 +803,11 @@ def run(
                 config.min_cell_count,
             )
         if config.tracks_out is not None:
-            write_table(config.tracks_out, tracks_table(tracks, pipeline.labels), metadata=metadata)
+            outputs.write_table(
+                "--tracks", tracks_table(tracks, pipeline.labels), metadata=metadata
+            )
+        outputs.commit()
         times.write += time.perf_counter() - t_w
-    except BaseException as e:
-        if faces_writer is not None:
-            faces_writer.__exit__(type(e), e, e.__traceback__)
-        raise
-    else:
-        if faces_writer is not None:
-            faces_writer.__exit__(None, None, None)
     summary.classified_faces = pipeline.classifier.faces_seen
     summary.wall_s = time.perf_counter() - t_start
     summary.stage_s = times.as_dict()

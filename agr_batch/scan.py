@@ -13,23 +13,20 @@ Readers that skip names starting with ``_`` or ``.`` (pyarrow.dataset, pandas, p
 DuckDB's hive globbing) read ``DATASET`` as one stats table partitioned by ``date``, the UTC
 date of each source's absolute start time.
 
-Exactly once: each file's parts are written under hidden temporary names, then one SQLite
-transaction records the file's row, the renames still to do and the old parts to delete;
-then old parts are deleted and new ones renamed. On start, a scan rolls pending renames
-forward, deletes recorded garbage, drops rows whose parts are missing (they are redone) and
-deletes any part no row references. ``kill -9`` at any moment therefore leaves every file
-counted exactly once after the next scan.
+The commit protocol is in :mod:`agr_batch.dataset`, what happens to each file (which
+recording is which, renames, failures, options) in :mod:`agr_batch.scan_plan`. The scan root
+and the dataset are resolved first (symlinks, ``..``), so the same files reached through
+another spelling are the same files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
+import sqlite3
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,22 +37,40 @@ import pyarrow.parquet as pq
 
 from agr_batch.aggregate import StatsAggregator, faces_table, tracks_table
 from agr_batch.config import ProcessingConfig
-from agr_batch.sinks import write_table
-from agr_batch.sources import MediaFile, discover
-from agr_batch.state import DatasetLock, FileRow, LockedError, State, now_iso
+from agr_batch.dataset import KIND_DIRS, Dataset, identity_fields, partition_date
+from agr_batch.limits import MAX_SETTLE_S, check_number
+from agr_batch.safety import is_within
+from agr_batch.scan_plan import (
+    Plan,
+    ScanOptionsError,
+    Work,
+    check_options,
+    covered,
+    make_plan,
+    requested_tables,
+    signature,
+    table_settings,
+)
+from agr_batch.signals import exit_code_for
+from agr_batch.state import DatasetLock, FileRow, LockedError, State, StateError, inspect_lock
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
-KIND_DIRS = {"stats": "", "faces": "_faces", "tracks": "_tracks"}
+STUCK_AFTER_S = 3600.0
+"""``status`` flags a running scan whose current step has lasted longer than this."""
 
 __all__ = [
     "EXIT_LOCKED",
     "Dataset",
     "LockedError",
     "ScanConfig",
+    "ScanOptionsError",
     "ScanSummary",
+    "StateError",
     "dataset_status",
+    "format_status",
+    "partition_date",
     "scan",
 ]
 
@@ -84,11 +99,14 @@ class ScanConfig(ProcessingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.settle_s < 0:
-            raise ValueError(f"--settle must be >= 0 seconds, got {self.settle_s}")
-        root, dataset = Path(self.root).absolute(), Path(self.dataset).absolute()
-        if dataset == root or root in dataset.parents:
-            raise ValueError(f"--out {dataset} must not be inside the scanned folder {root}")
+        check_number("--settle", self.settle_s, low=0, high=MAX_SETTLE_S, unit="seconds")
+        # Compared by identity: a symlinked or ``..`` spelling of the root is the root.
+        if is_within(self.dataset, self.root):
+            raise ValueError(
+                f"--out {self.dataset} must not be inside the scanned folder {self.root}"
+            )
+        if is_within(self.root, self.dataset):
+            raise ValueError(f"the scanned folder {self.root} is inside --out {self.dataset}")
 
 
 @dataclass
@@ -102,6 +120,7 @@ class ScanSummary:
     renamed: int = 0
     touched: int = 0
     skipped: int = 0
+    backfilled: int = 0
     faces: int = 0
     visitors: int = 0
     suppressed_faces: int = 0
@@ -113,7 +132,7 @@ class ScanSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every file processed in this scan succeeded, else 1."""
+        """0 when every file met in this scan was processed or skipped cleanly, else 1."""
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,237 +144,190 @@ class ScanSummary:
         return d
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def scan(
+    config: ScanConfig,
+    *,
+    progress: bool = False,
+    on_error: Callable[[str], None] = lambda m: log.error("%s", m),
+    pipeline_factory: Callable[[ProcessingConfig], Any] | None = None,
+) -> ScanSummary:
+    """Process new and changed files under ``config.root`` into ``config.dataset``.
 
+    A dry run takes no lock and writes nothing (it works on a read-only dataset).
 
-def partition_date(start_time: dt.datetime | None) -> str:
-    """Partition value: the UTC date of the source's start, or ``unknown``."""
-    if start_time is None:
-        return "unknown"
-    return start_time.astimezone(dt.UTC).date().isoformat()
-
-
-class Dataset:
-    """Part files and state of one dataset folder.
-
-    Args:
-        root: The dataset folder.
+    Raises:
+        LockedError: Another scan holds the dataset's lock (exit code 3).
+        StateError: The dataset's state is corrupt or unreadable.
+        ScanOptionsError: The options differ from those the dataset was built with.
+        agr_batch.checkpoint.CheckpointError: The model cannot be loaded.
+        KeyboardInterrupt: On SIGINT (or SIGTERM in the CLI); the run is recorded as
+            interrupted and every file committed before it is kept.
     """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).absolute()
-        self.state_dir = self.root / "_state"
-
-    def part_dir(self, kind: str, date: str) -> Path:
-        """Folder of ``kind`` parts for one date partition."""
-        base = self.root / KIND_DIRS[kind] if KIND_DIRS[kind] else self.root
-        return base / f"date={date}"
-
-    def rel(self, path: Path) -> str:
-        """``path`` relative to the dataset root (as stored in the state)."""
-        return path.relative_to(self.root).as_posix()
-
-    def write_parts(
-        self, tables: dict[str, pa.Table], date: str, metadata: dict[str, Any]
-    ) -> list[tuple[str, str]]:
-        """Write each table to a hidden temporary file; returns (temp, final) relative paths."""
-        moves = []
-        for kind, table in tables.items():
-            folder = self.part_dir(kind, date)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = uuid.uuid4().hex[:16]
-            tmp, final = folder / f".tmp-{name}.parquet", folder / f"part-{name}.parquet"
-            table = table.replace_schema_metadata(
-                {b"agr_batch": json.dumps(metadata, sort_keys=True, default=str).encode()}
-            )
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            moves.append((self.rel(tmp), self.rel(final)))
-        return moves
-
-    def commit(
-        self,
-        state: State,
-        *,
-        row: dict[str, Any],
-        moves: list[tuple[str, str]],
-        replaces: list[str],
-    ) -> None:
-        """Record ``row`` (replacing the rows at ``replaces``) with its parts, then apply."""
-        with state.transaction() as db:
-            old_parts: list[str] = []
-            for path in {*replaces, row["path"]}:
-                r = db.execute("SELECT parts FROM files WHERE path=?", (path,)).fetchone()
-                if r is not None:
-                    old_parts += json.loads(r[0])
-                    db.execute("DELETE FROM files WHERE path=?", (path,))
-            db.execute(
-                "INSERT INTO files (path, size, mtime_ns, sha256, status, error, parts, frames,"
-                " faces, visitors, processed_at, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    row["path"],
-                    row["size"],
-                    row["mtime_ns"],
-                    row["sha256"],
-                    row["status"],
-                    row.get("error"),
-                    json.dumps([dst for _, dst in moves]),
-                    row.get("frames", 0),
-                    row.get("faces", 0),
-                    row.get("visitors", 0),
-                    now_iso(),
-                    row.get("run_id"),
-                ),
-            )
-            db.executemany("INSERT INTO pending_moves (src, dst) VALUES (?, ?)", moves)
-            db.executemany("INSERT INTO garbage (path) VALUES (?)", [(p,) for p in old_parts])
-        self.apply_pending(state)
-
-    def apply_pending(self, state: State) -> tuple[int, int]:
-        """Delete recorded garbage, then finish recorded renames (idempotent)."""
-        garbage = [r[0] for r in state.db.execute("SELECT path FROM garbage").fetchall()]
-        for p in garbage:
-            (self.root / p).unlink(missing_ok=True)
-        moves = state.db.execute("SELECT src, dst FROM pending_moves").fetchall()
-        for src, dst in moves:
-            s, d = self.root / src, self.root / dst
-            if s.exists():
-                os.replace(s, d)
-        with state.transaction() as db:
-            db.execute("DELETE FROM garbage")
-            db.execute("DELETE FROM pending_moves")
-        return len(garbage), len(moves)
-
-    def reconcile(self, state: State) -> dict[str, int]:
-        """Repair the dataset after a crash; returns what was repaired."""
-        garbage, moves = self.apply_pending(state)
-        redo = 0
-        referenced: set[str] = set()
-        for row in state.files().values():
-            if all((self.root / p).exists() for p in row.parts):
-                referenced.update(row.parts)
-                continue
-            # A recorded part is gone: forget the file (it is redone) and its other parts.
-            redo += 1
-            with state.transaction() as db:
-                db.execute("DELETE FROM files WHERE path=?", (row.path,))
-            for p in row.parts:
-                (self.root / p).unlink(missing_ok=True)
-        orphans = 0
-        for path in self._data_files():
-            if self.rel(path) not in referenced:
-                path.unlink()
-                orphans += 1
-        self._remove_empty_dirs()
-        return {"rolled_forward": moves, "garbage": garbage, "redone": redo, "orphans": orphans}
-
-    def _data_files(self) -> list[Path]:
-        out = []
-        for base in (self.root, self.root / "_faces", self.root / "_tracks"):
-            if not base.is_dir():
-                continue
-            for part_dir in base.glob("date=*"):
-                out += [
-                    p
-                    for p in part_dir.iterdir()
-                    if p.name.endswith(".parquet") and p.name.startswith(("part-", ".tmp-"))
-                ]
-        return out
-
-    def _remove_empty_dirs(self) -> None:
-        for base in (self.root, self.root / "_faces", self.root / "_tracks"):
-            for part_dir in base.glob("date=*") if base.is_dir() else []:
-                if part_dir.is_dir() and not any(part_dir.iterdir()):
-                    part_dir.rmdir()
-
-
-@dataclass(frozen=True)
-class _Work:
-    media: MediaFile
-    size: int
-    mtime_ns: int
-    sha256: str
-    reason: str  # new, changed, retry
-
-
-def _plan(
-    config: ScanConfig, state: State, summary: ScanSummary, on_error: Callable[[str], None]
-) -> tuple[list[_Work], list[tuple[FileRow, _Work]], list[_Work]]:
-    """Decide what to process, what was renamed and what was only touched."""
-    found = discover([Path(config.root).absolute()])
-    summary.skipped = len(found.skipped)
-    for p in found.missing:
-        msg = f"{p}: dangling link or missing file, skipped"
-        on_error(msg)
-    for p, reason in found.errors:
-        on_error(f"{p}: {reason}")
-    rows = state.files()
-    now = time.time()
-    work: list[_Work] = []
-    renames: list[tuple[FileRow, _Work]] = []
-    touched: list[_Work] = []
-    claimed: set[str] = set()
-    for media in found.media:
-        path = str(media.path)
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            on_error(f"{path}: cannot stat ({e.strerror})")
-            continue
-        if now - st.st_mtime < config.settle_s:
-            summary.deferred += 1
-            summary.plan.append(f"defer    {path} (modified {now - st.st_mtime:.0f} s ago)")
-            continue
-        row = rows.get(path)
-        if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
-            if row.status == "ok" or not config.retry_failed:
-                summary.unchanged += 1
-                continue
-            work.append(_Work(media, st.st_size, st.st_mtime_ns, row.sha256, "retry"))
-            continue
-        try:
-            digest = sha256_file(path)
-        except OSError as e:
-            on_error(f"{path}: cannot read ({e.strerror})")
-            continue
-        item = _Work(media, st.st_size, st.st_mtime_ns, digest, "new")
-        if row is not None:
-            if row.sha256 == digest and (row.status == "ok" or not config.retry_failed):
-                touched.append(item)
-                continue
-            work.append(_Work(media, st.st_size, st.st_mtime_ns, digest, "changed"))
-            continue
-        moved_from = next(
-            (
-                r
-                for r in rows.values()
-                if r.sha256 == digest
-                and r.status == "ok"
-                and r.path not in claimed
-                and not os.path.exists(r.path)
-            ),
-            None,
+    t0 = time.perf_counter()
+    root = Path(os.path.realpath(config.root))
+    dataset = Dataset(config.dataset)
+    summary = ScanSummary()
+    tables = requested_tables(config)
+    settings = table_settings(config)
+    sig = signature(settings)
+    if config.dry_run:
+        _dry_run(config, root, dataset, summary, tables, settings, sig, on_error)
+        summary.wall_s = time.perf_counter() - t0
+        return summary
+    lock = DatasetLock(dataset.state_dir)
+    lock.acquire()
+    state: State | None = None
+    run_id: int | None = None
+    try:
+        state = State(dataset.state_dir)
+        summary.repaired = dataset.reconcile(state)
+        if any(summary.repaired.values()):
+            log.warning("repaired the dataset after an interrupted scan: %s", summary.repaired)
+        rows = state.all_files()
+        check_options(dataset.root, rows, state.settings(), sig, settings, tables)
+        run_id = state.start_run()  # before planning: hashing may take long, and be interrupted
+        lock.activity(f"planning {root}")
+        plan = make_plan(
+            config, root, rows, tables, summary, on_error=on_error, activity=lock.activity
         )
-        if moved_from is not None:
-            claimed.add(moved_from.path)
-            renames.append((moved_from, item))
+        with state.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO settings (signature, settings) VALUES (?, ?)",
+                (sig, _json(settings)),
+            )
+        _apply(config, dataset, state, plan, run_id, summary, on_error, lock, sig, tables)
+        if plan.work:
+            lock.activity(f"processing {len(plan.work)} file(s)")
+            _process(
+                config, dataset, state, plan.work, run_id, summary, progress, on_error,
+                pipeline_factory, sig, tables, lock,
+            )  # fmt: skip
+        if plan.changes or not (dataset.root / "_errors.parquet").exists():
+            dataset.write_errors(state)
+        state.finish_run(
+            run_id,
+            processed=summary.processed,
+            failed=summary.failed,
+            deferred=summary.deferred,
+            exit_code=summary.exit_code,
+        )
+    except KeyboardInterrupt as e:
+        if state is not None and run_id is not None:
+            state.finish_run(
+                run_id,
+                processed=summary.processed,
+                failed=summary.failed,
+                deferred=summary.deferred,
+                exit_code=exit_code_for(e),
+            )
+        raise
+    except sqlite3.DatabaseError as e:
+        raise StateError(f"{dataset.state_dir / 'state.sqlite'}: unusable scan state ({e})") from e
+    finally:
+        if state is not None:
+            state.close()
+        lock.release()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _dry_run(
+    config: ScanConfig,
+    root: Path,
+    dataset: Dataset,
+    summary: ScanSummary,
+    tables: frozenset[str],
+    settings: dict[str, Any],
+    sig: str,
+    on_error: Callable[[str], None],
+) -> None:
+    """Plan without the lock, a repair or a write: the state is opened read-only."""
+    rows: list[FileRow] = []
+    known: dict[str, dict[str, Any]] = {}
+    if (dataset.state_dir / "state.sqlite").exists():
+        state = State(dataset.state_dir, read_only=True)
+        try:
+            rows, known = state.all_files(), state.settings()
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{state.path}: unusable scan state ({e})") from e
+        finally:
+            state.close()
+    check_options(dataset.root, rows, known, sig, settings, tables)
+    plan = make_plan(config, root, rows, tables, summary, on_error=on_error)
+    summary.failed = len(plan.failures)
+    summary.failures = [f.error for f in plan.failures]
+
+
+def _apply(
+    config: ScanConfig,
+    dataset: Dataset,
+    state: State,
+    plan: Plan,
+    run_id: int,
+    summary: ScanSummary,
+    on_error: Callable[[str], None],
+    lock: DatasetLock,
+    sig: str,
+    tables: frozenset[str],
+) -> None:
+    """Everything of the plan that needs no processing: failures, identities, renames."""
+    for f in plan.failures:
+        on_error(f.error)
+        summary.failed += 1
+        summary.failures.append(f.error)
+        if f.row is not None and f.row.status == "ok":
+            # Processed before: its rows stay valid; the problem is noted until it is over.
+            dataset.note_problem(state, f.row, f.error)
             continue
-        work.append(item)
-    for w in work:
-        summary.plan.append(f"{w.reason:<8} {w.media.path}")
-    for old, w in renames:
-        summary.plan.append(f"rename   {old.path} -> {w.media.path}")
-    return work, renames, touched
+        row = {
+            "path": f.path, "size": f.stat.size if f.stat else -1,
+            "mtime_ns": f.stat.mtime_ns if f.stat else -1, "sha256": "", "status": "failed",
+            "error": f.error, "run_id": run_id, **identity_fields(f.stat),
+        }  # fmt: skip
+        dataset.commit(state, row=row, replace=(f.row.id,) if f.row is not None else ())
+    for row, st, prefix in plan.touched:
+        dataset.update_identity(state, row, st, prefix)
+        summary.touched += row.size != st.size or row.mtime_ns != st.mtime_ns
+    if plan.vanished:
+        dataset.mark_vanished(state, plan.vanished)
+    if plan.dropped:
+        dataset.drop(state, plan.dropped)
+    for old, new in plan.renames:
+        lock.activity(f"renaming {old.path}")
+        _rename(dataset, state, old, new, run_id)
+        summary.renamed += 1
+    # Said loudly when a table is being added (the scan that backfills), quietly after;
+    # ``status`` always lists such gaps.
+    level = logging.WARNING if any(w.reason == "backfill" for w in plan.work) else logging.INFO
+    for kind, n in plan.gaps.items():
+        log.log(
+            level,
+            "%d recording(s) whose files are gone or replaced have no %s parts; they "
+            "cannot be backfilled",
+            n,
+            kind,
+        )
 
 
-def _rename(dataset: Dataset, state: State, old: FileRow, new: _Work, run_id: int) -> None:
+def _row(w: Work, run_id: int, **values: Any) -> dict[str, Any]:
+    return {
+        "path": str(w.media.path),
+        "size": w.stat.size,
+        "mtime_ns": w.stat.mtime_ns,
+        "sha256": w.sha256,
+        "run_id": run_id,
+        "prefix_sha256": w.prefix[0] if w.prefix else None,
+        "prefix_len": w.prefix[1] if w.prefix else None,
+        **identity_fields(w.stat),
+        **values,
+    }
+
+
+def _rename(dataset: Dataset, state: State, old: FileRow, new: Work, run_id: int) -> None:
     """Rewrite a renamed file's parts with its new path as ``source``; no reprocessing."""
     tables: dict[str, tuple[str, pa.Table, dict[str, Any]]] = {}
     for rel in old.parts:
@@ -369,88 +341,26 @@ def _rename(dataset: Dataset, state: State, old: FileRow, new: _Work, run_id: in
     moves = []
     for kind, (date, table, meta) in tables.items():
         moves += dataset.write_parts({kind: table}, date, meta)
-    row = {
-        "path": str(new.media.path),
-        "size": new.size,
-        "mtime_ns": new.mtime_ns,
-        "sha256": new.sha256,
-        "status": "ok",
-        "frames": old.frames,
-        "faces": old.faces,
-        "visitors": old.visitors,
-        "run_id": run_id,
-    }
-    dataset.commit(state, row=row, moves=moves, replaces=[old.path])
-
-
-def scan(
-    config: ScanConfig,
-    *,
-    progress: bool = False,
-    on_error: Callable[[str], None] = lambda m: log.error("%s", m),
-    pipeline_factory: Callable[[ProcessingConfig], Any] | None = None,
-) -> ScanSummary:
-    """Process new and changed files under ``config.root`` into ``config.dataset``.
-
-    Raises:
-        LockedError: Another scan holds the dataset's lock (exit code 3).
-        agr_batch.checkpoint.CheckpointError: The model cannot be loaded.
-    """
-    t0 = time.perf_counter()
-    dataset = Dataset(config.dataset)
-    lock = DatasetLock(dataset.state_dir)
-    lock.acquire()
-    state = State(dataset.state_dir)
-    summary = ScanSummary()
-    try:
-        summary.repaired = dataset.reconcile(state)
-        if any(summary.repaired.values()):
-            log.warning("repaired the dataset after an interrupted scan: %s", summary.repaired)
-        work, renames, touched = _plan(config, state, summary, on_error)
-        if config.dry_run:
-            summary.wall_s = time.perf_counter() - t0
-            return summary
-        run_id = state.start_run()
-        for w in touched:
-            with state.transaction() as db:
-                db.execute(
-                    "UPDATE files SET size=?, mtime_ns=? WHERE path=?",
-                    (w.size, w.mtime_ns, str(w.media.path)),
-                )
-            summary.touched += 1
-        for old, new in renames:
-            _rename(dataset, state, old, new, run_id)
-            summary.renamed += 1
-        if work:
-            _process(
-                config, dataset, state, work, run_id, summary, progress, on_error, pipeline_factory
-            )
-        if work or renames or touched or not (dataset.root / "_errors.parquet").exists():
-            _write_errors(dataset, state)
-        state.finish_run(
-            run_id,
-            processed=summary.processed,
-            failed=summary.failed,
-            deferred=summary.deferred,
-            exit_code=summary.exit_code,
-        )
-    finally:
-        state.close()
-        lock.release()
-    summary.wall_s = time.perf_counter() - t0
-    return summary
+    row = _row(
+        new, run_id, status="ok", frames=old.frames, faces=old.faces, visitors=old.visitors,
+        tables=old.tables, options=old.options,
+    )  # fmt: skip
+    dataset.commit(state, row=row, moves=moves, replace=(old.id,))
 
 
 def _process(
     config: ScanConfig,
     dataset: Dataset,
     state: State,
-    work: list[_Work],
+    work: list[Work],
     run_id: int,
     summary: ScanSummary,
     progress: bool,
     on_error: Callable[[str], None],
     pipeline_factory: Callable[[ProcessingConfig], Any] | None,
+    sig: str,
+    tables: frozenset[str],
+    lock: DatasetLock,
 ) -> None:
     from agr_batch.runner import Pipeline, SourceResult
 
@@ -458,22 +368,21 @@ def _process(
     summary.build_s = float(getattr(pipeline.engine, "details", {}).get("build_s", 0.0))
     metadata = pipeline.metadata(config)
     by_path = {str(w.media.path): w for w in work}
+    state_rows = {r.id: r for r in state.all_files()}
 
     def on_source(result: SourceResult) -> None:
         w = by_path[str(result.media.path)]
-        row: dict[str, Any] = {
-            "path": str(w.media.path),
-            "size": w.size,
-            "mtime_ns": w.mtime_ns,
-            "sha256": w.sha256,
-            "run_id": run_id,
-        }
+        lock.activity(f"committing {w.media.path}")
         if result.error is not None:
             on_error(result.error)
             summary.failed += 1
             summary.failures.append(result.error)
-            row.update(status="failed", error=result.error)
-            dataset.commit(state, row=row, moves=[], replaces=[])
+            if w.reason == "backfill":  # the rows it has stay; only the new table is missing
+                dataset.note_problem(state, state_rows[w.replace[0]], result.error)
+                return
+            row = _row(w, run_id, status="failed", error=result.error)
+            # A new recording under a reused name keeps the old one's rows even if it fails.
+            dataset.commit(state, row=row, replace=w.replace, retire=w.retire)
             return
         source = str(result.media.path)
         agg = StatsAggregator(pipeline.labels, window_s=config.window_s)
@@ -481,81 +390,126 @@ def _process(
         for track in result.tracks:
             agg.add(track)
         agg.finish_source(source, duration_s=result.duration_s)
-        tables: dict[str, pa.Table] = {}
+        parts: dict[str, pa.Table] = {}
         stats = agg.table(min_cell_count=config.min_cell_count)
         summary.suppressed_faces += agg.suppressed.faces
         if len(stats):
-            tables["stats"] = stats
+            parts["stats"] = stats
         if config.write_faces and result.tracks:
-            tables["faces"] = pa.concat_tables(
+            parts["faces"] = pa.concat_tables(
                 [faces_table(t, pipeline.labels) for t in result.tracks]
             )
         if config.write_tracks and result.tracks:
-            tables["tracks"] = tracks_table(list(result.tracks), pipeline.labels)
-        moves = dataset.write_parts(tables, partition_date(result.start_time), metadata)
-        row.update(
-            status="ok", frames=result.frames, faces=result.faces, visitors=len(result.tracks)
-        )
-        dataset.commit(state, row=row, moves=moves, replaces=[])
+            parts["tracks"] = tracks_table(list(result.tracks), pipeline.labels)
+        moves = dataset.write_parts(parts, partition_date(result.start_time), metadata)
+        row = _row(
+            w, run_id, status="ok", frames=result.frames, faces=result.faces,
+            visitors=len(result.tracks), tables=sorted(tables), options=sig,
+        )  # fmt: skip
+        dataset.commit(state, row=row, moves=moves, replace=w.replace, retire=w.retire)
         summary.processed += 1
+        summary.backfilled += w.reason == "backfill"
         summary.faces += result.faces
         summary.visitors += len(result.tracks)
 
     pipeline.process([w.media for w in work], on_source, progress=progress)
 
 
-ERRORS_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("error", pa.string()),
-        ("size", pa.int64()),
-        ("mtime_ns", pa.int64()),
-        ("processed_at", pa.string()),
-    ]
-)
+def dataset_status(dataset_dir: Path, *, stuck_after_s: float = STUCK_AFTER_S) -> dict[str, Any]:
+    """Files processed and failed, totals, the last run and the lock of a dataset.
 
-
-def _write_errors(dataset: Dataset, state: State) -> None:
-    failed = [r for r in state.files().values() if r.status == "failed"]
-    table = pa.table(
-        {
-            "path": [r.path for r in failed],
-            "error": [r.error or "" for r in failed],
-            "size": [r.size for r in failed],
-            "mtime_ns": [r.mtime_ns for r in failed],
-            "processed_at": [r.processed_at for r in failed],
-        },
-        schema=ERRORS_SCHEMA,
-    )
-    write_table(dataset.root / "_errors.parquet", table, metadata={"table": "scan errors"})
-
-
-def dataset_status(dataset_dir: Path) -> dict[str, Any]:
-    """Files processed, failed and recorded totals of a dataset (for ``agr-batch status``).
+    Opens the state read-only and takes no lock, so it works on a read-only dataset and
+    while a scan runs.
 
     Raises:
         FileNotFoundError: If ``dataset_dir`` holds no scan state.
+        StateError: If the state is corrupt or unreadable.
     """
     dataset = Dataset(dataset_dir)
     db_path = dataset.state_dir / "state.sqlite"
     if not db_path.exists():
         raise FileNotFoundError(f"{dataset_dir}: no scan state here (run `agr-batch scan` first)")
-    state = State(dataset.state_dir)
+    state = State(dataset.state_dir, read_only=True)
     try:
-        rows = list(state.files().values())
+        rows = state.all_files()
         last = state.last_run()
+    except sqlite3.DatabaseError as e:
+        raise StateError(f"{db_path}: unusable scan state ({e})") from None
     finally:
         state.close()
+    current = [r for r in rows if r.current]
     ok = [r for r in rows if r.status == "ok"]
-    failed = [r for r in rows if r.status == "failed"]
+    held = {k for r in ok for k in (r.tables or ())}
+    gaps = {k: sum(1 for r in ok if k not in covered(r)) for k in sorted(held)}
+    failed = [r for r in current if r.status == "failed" or r.error is not None]
+    lock = inspect_lock(dataset.state_dir)
+    lock["stuck"] = False
+    if lock["held"] and lock["doing_since"]:
+        try:
+            since = dt.datetime.fromisoformat(lock["doing_since"])
+            lock["doing_for_s"] = round((dt.datetime.now(dt.UTC) - since).total_seconds())
+            lock["stuck"] = lock["doing_for_s"] > stuck_after_s
+        except ValueError:
+            pass
+    if last is not None:
+        last["state"] = _run_state(last, lock)
     return {
         "dataset": str(dataset.root),
-        "files_ok": len(ok),
+        "files_ok": sum(1 for r in current if r.status == "ok" and r.error is None),
         "files_failed": len(failed),
+        "earlier_recordings": sum(1 for r in ok if not r.current),
+        "vanished": sum(1 for r in current if r.vanished_at is not None),
         "pending_at_last_run": (last or {}).get("deferred", 0),
         "frames": sum(r.frames for r in ok),
         "faces": sum(r.faces for r in ok),
         "visitors": sum(r.visitors for r in ok),
+        "missing_parts": {k: n for k, n in gaps.items() if n},
         "last_run": last,
+        "lock": lock,
         "failed": [{"path": r.path, "error": r.error} for r in failed],
     }
+
+
+def format_status(st: dict[str, Any]) -> list[str]:
+    """The lines ``agr-batch status`` prints for :func:`dataset_status`'s result."""
+    last = st["last_run"] or {}
+    lock = st["lock"]
+    lines = [
+        f"dataset      {st['dataset']}",
+        f"files        {st['files_ok']} processed, {st['files_failed']} failed, "
+        f"{st['pending_at_last_run']} pending at the last run",
+    ]
+    if st["earlier_recordings"] or st["vanished"]:
+        lines.append(
+            f"recordings   {st['earlier_recordings']} earlier recording(s) under reused names "
+            f"kept, {st['vanished']} whose file is gone (their rows are kept)"
+        )
+    lines.append(
+        f"totals       {st['frames']} frames, {st['faces']} faces, {st['visitors']} visitors"
+    )
+    for kind, n in st["missing_parts"].items():
+        lines.append(f"gaps         {n} recording(s) without {kind} parts")
+    outcome = {
+        "died": "did not finish: killed or crashed (the next scan repairs the dataset)",
+        "interrupted": "interrupted",
+        "running": "running",
+    }.get(str(last.get("state", "")), "")
+    lines.append(
+        f"last run     #{last.get('id', '-')} started {last.get('started', '-')}, "
+        f"finished {last.get('finished') or 'not finished'}, exit {last.get('exit_code', '-')}"
+        + (f" ({outcome})" if outcome else "")
+    )
+    if lock["held"]:
+        doing = f"; {lock['doing']} for {lock.get('doing_for_s', '?')} s" if lock["doing"] else ""
+        stuck = " (STUCK? no progress for longer than --stuck-after)" if lock["stuck"] else ""
+        lines.append(f"scan now     {lock['holder'] or 'a scan'}{doing}{stuck}")
+    lines += [f"failed       {f['error']}" for f in st["failed"][:20]]
+    return lines
+
+
+def _run_state(last: dict[str, Any], lock: dict[str, Any]) -> str:
+    """``running``, ``finished``, ``interrupted`` or ``died`` (killed, crashed, power cut)."""
+    if last.get("finished") is None:
+        return "running" if lock["held"] else "died"
+    code = last.get("exit_code")
+    return "interrupted" if isinstance(code, int) and code >= 128 else "finished"

@@ -19,16 +19,18 @@ the video, so it only logs a warning.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import av
 import numpy as np
@@ -51,6 +53,7 @@ __all__ = [
     "image_frame",
     "media_kind",
     "open_container",
+    "open_regular",
     "probe",
     "stream_facts",
     "video_frames",
@@ -74,8 +77,13 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused (decompression-bomb guard)."""
 
 # Tolerance when comparing frame times with sampling instants: container time bases round
-# PTS (Matroska to 1 ms), so 0.5 s may be stored as 0.4995 s.
+# PTS (Matroska to 1 ms), so 0.5 s may be stored as 0.4995 s. It is capped at half the frame
+# interval (see _time_eps): at 1000 fps a 1 ms tolerance would take frames 499 and 500.
 _TIME_EPS = 1e-3
+
+# Images are converted to RGB in strips of about this many bytes of working memory, so an
+# 88-megapixel 16-bit picture needs its RGB result and one strip, not five float64 copies.
+_STRIP_BYTES = 32 << 20
 
 # EXIF tags (Exif IFD) for the capture time.
 _EXIF_IFD = 0x8769
@@ -367,6 +375,7 @@ def video_frames(
         if not container.streams.video:
             raise SourceError(path, "no video stream")
         stream = container.streams.video[0]
+        _check_frame_size(path, stream)
         stream.thread_type = "AUTO"
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
@@ -375,6 +384,7 @@ def video_frames(
         start_time = _container_start_time(container) or _mtime(path)
         time_base = stream.time_base or Fraction(1, 1_000_000)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+        eps = _time_eps(rate)
         origin = stream.start_time  # PTS of the stream's start, in time_base units
 
         next_t: float | None = None  # the next sampling instant
@@ -391,18 +401,20 @@ def video_frames(
                     origin = frame.pts
                 t = float((frame.pts - origin) * time_base)
             last_t = t
-            if start is not None and t < start - _TIME_EPS:
+            if start is not None and t < start - eps:
                 continue
-            if end is not None and t >= end - _TIME_EPS:
+            if end is not None and t >= end - eps:
                 stopped = True
                 break
             if not take_all:
                 assert sample_fps is not None
                 if next_t is None:
                     t0 = next_t = t
-                if t < next_t - _TIME_EPS:
+                if t < next_t - eps:
                     continue
-                k = math.floor((t - t0) * sample_fps + _TIME_EPS) + 1
+                # The tolerance is in seconds on both sides: a frame taken eps early must not
+                # leave the instant it stood for as the next one.
+                k = math.floor((t - t0 + eps) * sample_fps) + 1
                 next_t = t0 + k / sample_fps
             image = frame.to_ndarray(format="rgb24")
             rotation = frame.rotation
@@ -532,10 +544,19 @@ def image_frame(
     path = Path(path)
     _check_file(path)
     try:
+        fp = open_regular(path)
+    except OSError as e:
+        raise SourceError(path, e.strerror or str(e)) from None
+    with fp:
+        return _image_frame(path, fp, max_pixels=max_pixels, exif_tz=exif_tz)
+
+
+def _image_frame(path: Path, fp: BinaryIO, *, max_pixels: int, exif_tz: dt.tzinfo | None) -> Frame:
+    try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it a refusal.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(fp)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise SourceError(path, f"image too large ({e})") from None
     except UnidentifiedImageError:
@@ -560,7 +581,8 @@ def image_frame(
         except (SyntaxError, ValueError) as e:
             raise SourceError(path, f"cannot decode image ({e})") from None
         try:
-            upright = ImageOps.exif_transpose(im)
+            # In place: without an orientation tag a copy (the whole picture again) is made.
+            upright = ImageOps.exif_transpose(im, in_place=True) or im
         except Exception as e:
             logger.warning("%s: EXIF orientation ignored (%s)", path, e)
             upright = im
@@ -654,19 +676,62 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 def capture_time(path: str | os.PathLike[str], *, exif_tz: dt.tzinfo | None = None) -> dt.datetime:
     """When an image was taken: EXIF ``DateTimeOriginal`` (pixels are not decoded), else mtime.
 
-    Used to order a folder of snapshots as one timestamped sequence.
+    Used to order a folder of snapshots as one timestamped sequence. Anything but a regular
+    file (a FIFO would block the open forever) is ordered by its mtime, unopened.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as fp, Image.open(fp) as im:
             when = _exif_time(im.getexif(), exif_tz)
-    except Exception:  # unreadable or not an image: its mtime still orders it
+    except Exception:  # unreadable, not an image or not a file: its mtime still orders it
         when = None
-    return when if when is not None else _mtime(path)
+    if when is not None:
+        return when
+    try:
+        return _mtime(path)
+    except OSError:  # vanished or dangling: ordered first; reading it reports the error
+        return dt.datetime.fromtimestamp(0, tz=dt.UTC)
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a file for reading only if it is a regular file.
+
+    The open itself uses ``O_NONBLOCK``, so a FIFO (or a device) named like a picture
+    returns at once instead of waiting forever for a writer; the opened descriptor is then
+    checked, so a file swapped for something else after an earlier ``stat`` is caught too.
+
+    Raises:
+        OSError: If the file cannot be opened, or (errno
+            ``EINVAL``, "not a regular file") when it is something else.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)  # ignored by regular files; reads behave as usual anyway
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _time_eps(rate: float) -> float:
+    """Tolerance of a sampling instant: 1 ms, at most half a frame interval."""
+    return min(_TIME_EPS, 0.5 / rate) if rate > 0 else _TIME_EPS
+
+
+def _check_frame_size(path: Path, stream: av.video.stream.VideoStream) -> None:
+    """Refuse videos whose frames exceed the image pixel limit (memory per frame)."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > DEFAULT_MAX_PIXELS:
+        raise SourceError(
+            path, f"frames too large: {width}x{height} pixels > limit {DEFAULT_MAX_PIXELS}"
+        )
 
 
 def _check_file(path: Path) -> None:
@@ -777,12 +842,31 @@ def _exif_time(exif: Image.Exif, tz: dt.tzinfo | None) -> dt.datetime | None:
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode as a contiguous (H, W, 3) uint8 RGB array."""
+    """Any Pillow mode as a contiguous (H, W, 3) uint8 RGB array, converted in strips.
+
+    Working memory beyond the picture and its result is one strip (``_STRIP_BYTES``).
+    """
+    width, height = im.size
+    out = np.empty((height, width, 3), np.uint8)
+    if im.mode.startswith("I") or im.mode == "F":
+        samples = np.asarray(im)  # the raw samples, once; converted strip by strip
+        scale = _high_depth_scale(samples)
+        rows = max(1, _STRIP_BYTES // max(1, width * 3 * 8))
+        for y in range(0, height, rows):
+            out[y : y + rows] = _high_depth_strip(samples[y : y + rows], scale)
+        return out
+    rows = max(1, _STRIP_BYTES // max(1, width * 4 * 4))  # float32 RGBA while compositing
+    for y in range(0, height, rows):
+        strip = im if rows >= height else im.crop((0, y, width, min(height, y + rows)))
+        out[y : y + rows] = _strip_to_rgb(strip)
+    return out
+
+
+def _strip_to_rgb(im: Image.Image) -> np.ndarray:
+    """A low-depth picture (or strip of one) as (H, W, 3) uint8 RGB."""
     mode = im.mode
     if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8).copy()
-    if mode.startswith("I") or mode == "F":
-        return _high_depth_to_rgb(np.asarray(im))
+        return np.asarray(im, dtype=np.uint8)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode == "P" and "transparency" in im.info
     )
@@ -792,29 +876,31 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         # Composite on white: transparent areas look like paper, not like a black face.
         out = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _high_depth_to_rgb(a: np.ndarray) -> np.ndarray:
-    """16/32-bit integer or float grayscale to RGB uint8 by the type's (or data's) range."""
-    if a.ndim == 3:  # some plugins give (H, W, C) for multi-channel high-depth data
-        a = a[..., :3] if a.shape[2] >= 3 else a[..., 0]
+def _high_depth_scale(a: np.ndarray) -> float:
+    """Factor mapping 16/32-bit integer or float samples to 0..255, by type or data range."""
     if np.issubdtype(a.dtype, np.floating):
         peak = float(np.nanmax(a)) if a.size else 1.0
-        scale = 255.0 if peak <= 1.0 else 255.0 / peak
-        out = np.nan_to_num(a.astype(np.float64) * scale)
-    else:
-        peak = int(a.max()) if a.size else 0
-        if a.dtype.itemsize == 2 or 255 < peak <= 65535:
-            out = a.astype(np.float64) / 257.0  # 0..65535 → 0..255
-        elif peak > 65535:
-            out = a.astype(np.float64) * (255.0 / peak)
-        else:
-            out = a.astype(np.float64)  # mode "I" holding 8-bit values
+        return 255.0 if not peak > 1.0 else 255.0 / peak
+    peak = int(a.max()) if a.size else 0
+    if a.dtype.itemsize == 2 or 255 < peak <= 65535:
+        return 1.0 / 257.0  # 0..65535 → 0..255
+    if peak > 65535:
+        return 255.0 / peak
+    return 1.0  # mode "I" holding 8-bit values
+
+
+def _high_depth_strip(a: np.ndarray, scale: float) -> np.ndarray:
+    """Rows of high-depth grayscale (or multi-channel) samples as (h, W, 3) uint8."""
+    if a.ndim == 3:  # some plugins give (H, W, C) for multi-channel high-depth data
+        a = a[..., :3] if a.shape[2] >= 3 else a[..., 0]
+    out = np.nan_to_num(a.astype(np.float64) * scale)
     out8 = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if out8.ndim == 2:
         out8 = np.repeat(out8[..., None], 3, axis=2)
-    return np.ascontiguousarray(out8)
+    return out8
 
 
 def _warn_if_short(

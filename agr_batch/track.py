@@ -7,16 +7,27 @@ IoU alone fails when frames are far apart (keyframes a second or more apart), so
 is first moved by its estimated velocity, and boxes that no longer overlap can still match when
 their centres are close relative to the face's size.
 
-A track ends when it has not been matched for more than ``max_gap_s`` seconds; a face that
-leaves and returns after that gap becomes a new track (a new visitor).
+A track ends when it has not been matched for longer than the *effective gap*; a face that
+leaves and returns after that becomes a new track (a new visitor). The effective gap is
+``max(max_gap_s, gap_samples x sampling interval)``, the sampling interval being the median
+spacing of the last frames the tracker was given (``1 / sample_fps`` when sampling by rate,
+the keyframe spacing in keyframes-only scans, the snapshot spacing of an image sequence).
+A fixed gap in seconds cannot work for sparse sampling: with keyframes 8 s apart and a 3 s
+gap, every person would end and restart at every keyframe. The tracker cannot tell whether
+someone left between two samples, so it never ends a track before it has missed
+``gap_samples`` intervals; the median (not the last interval) keeps one long pause in an
+otherwise regular sequence from linking people across it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from agr_batch.limits import MAX_GAP_S, check_number
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,9 @@ class TrackerConfig:
         velocity_smoothing: Weight of the newest velocity measurement (exponential average).
         gate_reference_s: Gap at which the centre gate is ``center_gate``; longer gaps
             widen it by the square root of their ratio to this.
+        gap_samples: A track survives at least this many sampling intervals unseen (so one
+            missed detection between two sparse samples does not split it).
+        interval_window: Frames over which the sampling interval's median is taken.
     """
 
     high_score: float = 0.6
@@ -40,14 +54,18 @@ class TrackerConfig:
     center_gate: float = 2.0
     velocity_smoothing: float = 0.5
     gate_reference_s: float = 0.5
+    gap_samples: float = 2.5
+    interval_window: int = 16
 
     def __post_init__(self) -> None:
-        if self.max_gap_s <= 0:
-            raise ValueError(f"max_gap_s must be > 0, got {self.max_gap_s}")
-        if not 0.0 < self.min_similarity <= 1.0:
-            raise ValueError(f"min_similarity must be in (0, 1], got {self.min_similarity}")
-        if not 0.0 < self.velocity_smoothing <= 1.0:
-            raise ValueError(f"velocity_smoothing must be in (0, 1], got {self.velocity_smoothing}")
+        check_number("--max-gap", self.max_gap_s, low=0, high=MAX_GAP_S, low_open=True, unit="s")
+        check_number("high_score", self.high_score, low=0.0, high=1.0)
+        check_number("min_similarity", self.min_similarity, low=0, high=1, low_open=True)
+        check_number("velocity_smoothing", self.velocity_smoothing, low=0, high=1, low_open=True)
+        check_number("center_gate", self.center_gate, low=0, high=100, low_open=True)
+        check_number("gate_reference_s", self.gate_reference_s, low=0, high=1e6, low_open=True)
+        check_number("gap_samples", self.gap_samples, low=0, high=1000)
+        check_number("interval_window", self.interval_window, low=1, high=10_000, integer=True)
 
 
 @dataclass
@@ -116,6 +134,23 @@ class Tracker:
         self._tracks: list[_Track] = []
         self._next_id = first_id
         self._ended: list[int] = []
+        self._last_time: float | None = None
+        self._intervals: deque[float] = deque(maxlen=self.config.interval_window)
+
+    @property
+    def sampling_interval(self) -> float | None:
+        """Median spacing of the recent frames, seconds (None before the second frame)."""
+        if not self._intervals:
+            return None
+        return float(np.median(np.fromiter(self._intervals, float)))
+
+    @property
+    def effective_gap_s(self) -> float:
+        """Seconds a track may go unseen now: ``max_gap_s``, or more for sparse sampling."""
+        interval = self.sampling_interval
+        if interval is None:
+            return self.config.max_gap_s
+        return max(self.config.max_gap_s, self.config.gap_samples * interval)
 
     @property
     def live_ids(self) -> list[int]:
@@ -125,15 +160,20 @@ class Tracker:
     def update(self, boxes: np.ndarray, scores: np.ndarray, time_s: float) -> np.ndarray:
         """Associate one frame's detections; returns (N,) int64 track ids.
 
-        Tracks unmatched for longer than ``max_gap_s`` are closed first; :meth:`pop_ended`
-        returns them.
+        Every sampled frame must be passed, with or without detections: the frames' spacing
+        is the sampling interval. Tracks unmatched for longer than :attr:`effective_gap_s`
+        are closed first; :meth:`pop_ended` returns them.
         """
         cfg = self.config
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
+        if self._last_time is not None and time_s > self._last_time:
+            self._intervals.append(time_s - self._last_time)
+        self._last_time = time_s if self._last_time is None else max(self._last_time, time_s)
+        gap = self.effective_gap_s
         keep: list[_Track] = []
         for t in self._tracks:
-            if time_s - t.last_time > cfg.max_gap_s:
+            if time_s - t.last_time > gap:
                 self._ended.append(t.track_id)
             else:
                 keep.append(t)

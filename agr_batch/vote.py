@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from agr_batch.labels import HEADS
+from agr_batch.limits import MAX_BEST_K, MAX_REFRESH_EVERY, check_number
 from agr_batch.records import Predictions, TrackResult
 
 Classify = Callable[[np.ndarray], Predictions]
@@ -39,10 +40,10 @@ class VoteConfig:
     per_face: bool = False
 
     def __post_init__(self) -> None:
-        if self.best_k < 1:
-            raise ValueError(f"best_k must be >= 1, got {self.best_k}")
-        if self.refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        check_number("--best-k", self.best_k, low=1, high=MAX_BEST_K, integer=True)
+        check_number(
+            "--refresh-every", self.refresh_every, low=1, high=MAX_REFRESH_EVERY, integer=True
+        )
 
 
 def face_quality(chip: np.ndarray, box: np.ndarray, score: float, chip_side: int) -> float:

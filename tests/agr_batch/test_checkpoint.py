@@ -117,6 +117,29 @@ def test_unknown_arch(tiny_ckpt, tmp_path):
         load_checkpoint(_rewrite(path, tmp_path, mutate))
 
 
+@pytest.mark.parametrize("arch", ["compact", "paper"])
+def test_arch_that_does_not_fit_the_weights_is_one_line_exit_2(tiny_ckpt, tmp_path, arch):
+    # The weights hash stays valid: only the recorded arch is wrong (same layer names as
+    # tiny's, other shapes), so load_state_dict itself raised a 60-line RuntimeError.
+    path, _ = tiny_ckpt
+
+    def mutate(p):
+        meta = json.loads(p["metadata"])
+        meta["arch"] = arch
+        meta["overrides"] = {}
+        p["metadata"] = json.dumps(meta)
+
+    bad = _rewrite(path, tmp_path, mutate)
+    with pytest.raises(CheckpointError, match=f"weights do not fit arch '{arch}'") as info:
+        load_checkpoint(bad)
+    assert "\n" not in str(info.value)
+    for command in (["info", str(bad)], ["run", str(tmp_path), "--out", str(tmp_path / "o.parquet"),
+                                         "--model", str(bad)]):  # fmt: skip
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and arch in result.stderr
+
+
 def test_wrong_label_count(tiny_ckpt, tmp_path):
     path, _ = tiny_ckpt
 

@@ -152,3 +152,60 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path):
     broken.write_text("<html><body><script>throw new Error('boom')</script></body></html>")
     _, console = _chromium(broken, tmp_path / "broken.png", tmp_path / "profile2")
     assert any("boom" in ln for ln in console)
+
+
+def test_report_on_an_empty_folder_is_one_line_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        main, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "no stats here" in result.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_on_a_new_dataset_without_parts_is_an_empty_report(tmp_path, tiny_checkpoint):
+    # "scan, then report" from cron: the first scan may have found nothing yet.
+    (tmp_path / "root").mkdir()
+    ds = tmp_path / "ds"
+    scan = CliRunner().invoke(
+        main,
+        ["scan", str(tmp_path / "root"), "--out", str(ds), "--model", str(tiny_checkpoint),
+         "--quiet"],
+    )  # fmt: skip
+    assert scan.exit_code == 0, scan.output
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", str(ds), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.stderr and "0 faces" in result.stderr
+    assert "Nothing to show yet" in out.read_text()
+
+
+def test_report_never_overwrites_its_input_or_writes_into_the_dataset(tmp_path):
+    stats = _stats_file(tmp_path / "stats.parquet")
+    before = stats.read_bytes()
+    (tmp_path / "alias").symlink_to(tmp_path)
+    for out in (stats, tmp_path / "alias" / "stats.parquet", tmp_path / "x" / ".." / stats.name):
+        result = CliRunner().invoke(main, ["report", str(stats), "--out", str(out)])
+        assert result.exit_code == 2 and "refusing to overwrite" in result.stderr, out
+    assert stats.read_bytes() == before
+    ds = tmp_path / "ds" / "date=2026-11-23"
+    ds.mkdir(parents=True)
+    _stats_file(ds / "part-1.parquet")
+    for args in (
+        ["--out", str(ds / "r.html")],
+        ["--out", str(tmp_path / "r.html"), "--png-dir", str(tmp_path / "ds" / "png")],
+    ):
+        result = CliRunner().invoke(main, ["report", str(tmp_path / "ds"), *args])
+        assert result.exit_code == 2 and "inside the dataset" in result.stderr, args
+    assert sorted(p.name for p in ds.iterdir()) == ["part-1.parquet"]
+
+
+def test_report_on_a_fifo_does_not_block(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "stats.parquet")
+    result = CliRunner().invoke(
+        main, ["report", str(tmp_path / "stats.parquet"), "--out", str(tmp_path / "r.html")]
+    )
+    assert result.exit_code == 2 and "not a regular file" in result.stderr

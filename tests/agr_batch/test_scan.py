@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agr_batch.cli import main
+from agr_batch.fileid import birth_time_ns
 from agr_batch.samples import photo
 from agr_batch.scan import Dataset, ScanConfig, scan
 from agr_batch.state import DatasetLock, State
@@ -92,6 +93,8 @@ def test_modified_file_rows_are_replaced_not_added(tmp_path, tiny_checkpoint):
     expected = _camera(root)
     scan(_config(root, ds, tiny_checkpoint))
     target = root / "cam1" / "group_0.jpg"
+    if birth_time_ns(target) is None:
+        pytest.skip("no birth times here: a rewrite with another beginning is a new recording")
     _jpeg(target, "Tom_Hanks_54745.png", 7)  # same name, new content: one face now
     os.utime(target, (time.time() - 600, time.time() - 600))
     s = scan(_config(root, ds, tiny_checkpoint))

@@ -381,3 +381,73 @@ def test_skip_nonref_samples_near_the_same_instants(clip_3s):
         assert abs(a.time_s - b.time_s) <= 3 / 30  # within a few frames of the instant
         assert b.frame_index == round(b.time_s * 30)
         assert media.read_frame_number(b.image) == b.frame_index
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling precision, FIFOs and memory bounds
+
+
+def test_1000_fps_is_sampled_once_per_instant(tmp_path: Path):
+    # At 1000 fps the frame interval equals the old 1 ms tolerance: frames 499 and 500 were
+    # both taken for the instant 0.5 s.
+    clip = media.make_video(tmp_path / "fast.mp4", fps=1000, seconds=1.6, size=(256, 64))
+    got = [f.frame_index for f in sources.video_frames(clip.path, sample_fps=2.0)]
+    assert got == [0, 500, 1000, 1500]
+    stamped = [
+        media.read_frame_number(f.image) for f in sources.video_frames(clip.path, sample_fps=4.0)
+    ]
+    assert stamped == [0, 250, 500, 750, 1000, 1250, 1500]
+
+
+def _returns_within(fn, seconds: float = 10.0):  # type: ignore[no-untyped-def]
+    """Run ``fn`` on a daemon thread; its result, or a failure if it is still blocked."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "blocked (opened a FIFO?)"
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]
+
+
+def test_fifo_named_like_a_picture_never_blocks(tmp_path: Path):
+    fifo = tmp_path / "snap.jpg"
+    os.mkfifo(fifo)
+    when = _returns_within(lambda: sources.capture_time(fifo))
+    assert when == dt.datetime.fromtimestamp(fifo.stat().st_mtime, tz=dt.UTC)
+    with pytest.raises(SourceError, match="not a regular file"):
+        _returns_within(lambda: sources.image_frame(fifo))
+    with pytest.raises(OSError, match="not a regular file"):
+        _returns_within(lambda: sources.open_regular(fifo))
+
+
+def test_high_depth_conversion_memory_is_bounded_by_strips(tmp_path: Path):
+    import tracemalloc
+
+    h, w = 3000, 4000  # 12 MP, 16-bit grayscale
+    ramp = (np.arange(w, dtype=np.uint32)[None, :] * 65535 // (w - 1)).astype(np.uint16)
+    Image.fromarray(np.repeat(ramp, h, axis=0)).save(tmp_path / "g16.png", compress_level=1)
+    tracemalloc.start()
+    try:
+        image = sources.image_frame(tmp_path / "g16.png").image
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (h, w, 3) and image[0, -1, 0] == 255 and image[0, 0, 0] == 0
+    # The RGB result (36 MB) plus the raw samples (24 MB) plus one strip; converting the
+    # whole picture through float64 took five 96 MB arrays.
+    assert peak < image.nbytes + h * w * 2 + 3 * sources._STRIP_BYTES, peak
+
+
+def test_video_frames_beyond_the_pixel_limit_are_refused(clip_3s: media.WrittenVideo, monkeypatch):
+    monkeypatch.setattr(sources, "DEFAULT_MAX_PIXELS", 320 * 240 - 1)
+    with pytest.raises(SourceError, match=r"frames too large: 320x240 pixels > limit 76799"):
+        next(sources.video_frames(clip_3s.path))

@@ -105,7 +105,7 @@ def test_near_face_of_same_size_matches_but_very_different_size_does_not():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="max_gap_s"):
+    with pytest.raises(ValueError, match="--max-gap"):
         TrackerConfig(max_gap_s=0)
 
 
@@ -120,3 +120,41 @@ def test_gate_widens_with_the_gap_for_keyframe_scans():
     jumpy = [(t / 4, boxes) for t, boxes in frames]
     ids = _run(Tracker(TrackerConfig(max_gap_s=3.0)), jumpy)
     assert max(int(f.max()) for f in ids) > 2
+
+
+def test_sparse_keyframes_keep_one_track_per_static_person():
+    # x264's default GOP is 250 frames: 8.3 s between keyframes at 30 fps, far beyond the
+    # 3 s --max-gap. Every sampled frame is given to the tracker, so it knows the spacing.
+    people = [(200, 300), (420, 300), (640, 300), (860, 300), (1080, 300), (1300, 300)]
+    frames = [(k * 250 / 30, [_box(x, y) for x, y in people]) for k in range(6)]
+    tracker = Tracker(TrackerConfig(max_gap_s=3.0))
+    ids = _run(tracker, frames)
+    assert all(list(f) == [0, 1, 2, 3, 4, 5] for f in ids)
+    assert tracker.sampling_interval == pytest.approx(250 / 30)
+    assert tracker.effective_gap_s == pytest.approx(2.5 * 250 / 30)
+
+
+def test_sampling_below_one_frame_per_gap_keeps_one_visitor():
+    # --sample-fps 0.2: a frame every 5 s.
+    tracker = Tracker(TrackerConfig(max_gap_s=3.0))
+    ids = _run(tracker, [(5.0 * k, [_box(300, 300)]) for k in range(40)])
+    assert {int(f[0]) for f in ids} == {0}
+
+
+def test_dense_sampling_keeps_the_configured_gap():
+    # At 2 fps the effective gap is --max-gap: 2.5 x 0.5 s is shorter.
+    tracker = Tracker(TrackerConfig(max_gap_s=3.0))
+    frames = [(t, [_box(300, 300)] if t < 2 or t > 5.6 else []) for t in np.arange(0, 8, 0.5)]
+    ids = [f for f in _run(tracker, frames) if len(f)]
+    assert tracker.effective_gap_s == 3.0
+    assert [int(f[0]) for f in ids][-1] == 1  # unseen 4 s > 3 s: a new visitor
+
+
+def test_one_long_pause_in_regular_sampling_still_ends_tracks():
+    # Snapshots every 2 s, then an hour of nothing: the median interval stays 2 s, so the
+    # person seen after the pause is a new visitor.
+    tracker = Tracker(TrackerConfig(max_gap_s=3.0))
+    frames = [(2.0 * k, [_box(300, 300)]) for k in range(10)]
+    frames.append((18.0 + 3600.0, [_box(300, 300)]))
+    ids = _run(tracker, frames)
+    assert [int(f[0]) for f in ids] == [0] * 10 + [1]

@@ -130,5 +130,5 @@ def test_single_face_track_is_classified_once():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="best_k"):
+    with pytest.raises(ValueError, match="--best-k"):
         VoteConfig(best_k=0)
