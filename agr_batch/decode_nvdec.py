@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agr_batch.records import Frame
-from agr_batch.sources import SourceError, open_container, stream_facts
+from agr_batch.sources import STOP, Sampler, SourceError, open_container, stream_facts
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,6 @@ NVDEC_MISSING = (
     "--decoder nvdec needs the pynvvideocodec package and an NVIDIA GPU; "
     "`pip install pynvvideocodec`, or use --decoder pyav"
 )
-
-# Sampling tolerance as in agr_batch.sources: container time bases round PTS.
-_TIME_EPS = 1e-3
 
 
 def nvdec_available() -> bool:
@@ -109,10 +106,7 @@ def nvdec_frames(
     dev = torch.device(device)
     gpu_id = dev.index or 0
     make = factory or _default_factory
-    take_all = sample_fps is None or sample_fps <= 0
-    eps = min(_TIME_EPS, 0.5 / facts.rate)
-    next_t: float | None = None
-    t0 = 0.0
+    sampler = Sampler(sample_fps, rate=facts.rate, start=start, end=end)
     last_t = -math.inf
     origin = facts.origin
     quarter = round(facts.rotation / 90) % 4
@@ -127,18 +121,11 @@ def nvdec_frames(
                     origin = pts
                 t = float((pts - origin) * facts.time_base)
             last_t = t
-            if start is not None and t < start - eps:
-                continue
-            if end is not None and t >= end - eps:
+            verdict = sampler.take(t)
+            if verdict is STOP:
                 return
-            if not take_all:
-                assert sample_fps is not None
-                if next_t is None:
-                    t0 = next_t = t
-                if t < next_t - eps:
-                    continue
-                k = math.floor((t - t0) * sample_fps + eps) + 1
-                next_t = t0 + k / sample_fps
+            if not verdict:
+                continue
             # The decoder reuses its surfaces: keep a copy of each frame that is taken.
             image = torch.from_dlpack(raw).to(dev).clone()
             if quarter:

@@ -41,10 +41,12 @@ from agr_batch.records import Frame
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "STOP",
     "VIDEO_EXTENSIONS",
     "Discovery",
     "MediaFile",
     "MediaKind",
+    "Sampler",
     "SourceError",
     "StreamFacts",
     "VideoInfo",
@@ -324,6 +326,61 @@ def frames(
         raise SourceError(path, f"unknown media extension {path.suffix!r}")
 
 
+STOP = object()
+"""Returned by :meth:`Sampler.take` for a frame at or after the end of the time window."""
+
+
+class Sampler:
+    """Which decoded frames to take: every frame, or one per instant of a fixed rate.
+
+    Sampling follows presentation time, so variable-frame-rate video is sampled evenly:
+    with ``t0`` the time of the first eligible frame, a frame is taken when its time
+    reaches the next instant ``t0 + k / sample_fps``; after a gap, sampling resumes at the
+    next instant after the frame taken (no burst of catch-up frames). Every decoder uses
+    this one rule, so they take the same frames.
+
+    Args:
+        sample_fps: Frames per second to take; ``None`` or ``<= 0`` takes every frame.
+        rate: The stream's frame rate (bounds the time tolerance to half a frame interval).
+        start: Skip frames before this many seconds.
+        end: Stop before the first frame at or after this many seconds.
+    """
+
+    def __init__(
+        self,
+        sample_fps: float | None,
+        *,
+        rate: float,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> None:
+        self.sample_fps = sample_fps if sample_fps and sample_fps > 0 else None
+        self.eps = _time_eps(rate)
+        self.start = start
+        self.end = end
+        self._t0 = 0.0
+        self._next: float | None = None
+
+    def take(self, t: float) -> bool | object:
+        """True to take the frame at ``t`` seconds, False to skip it, :data:`STOP` to end."""
+        eps = self.eps
+        if self.start is not None and t < self.start - eps:
+            return False
+        if self.end is not None and t >= self.end - eps:
+            return STOP
+        if self.sample_fps is None:
+            return True
+        if self._next is None:
+            self._t0 = self._next = t
+        if t < self._next - eps:
+            return False
+        # The tolerance is in seconds on both sides: a frame taken eps early must not leave
+        # the instant it stood for as the next one.
+        k = math.floor((t - self._t0 + eps) * self.sample_fps) + 1
+        self._next = self._t0 + k / self.sample_fps
+        return True
+
+
 def video_frames(
     path: str | os.PathLike[str],
     *,
@@ -369,7 +426,6 @@ def video_frames(
     """
     path = Path(path)
     _check_file(path)
-    take_all = sample_fps is None or sample_fps <= 0
     container = open_container(path)
     with container:
         if not container.streams.video:
@@ -384,11 +440,9 @@ def video_frames(
         start_time = _container_start_time(container) or _mtime(path)
         time_base = stream.time_base or Fraction(1, 1_000_000)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
-        eps = _time_eps(rate)
         origin = stream.start_time  # PTS of the stream's start, in time_base units
 
-        next_t: float | None = None  # the next sampling instant
-        t0 = 0.0
+        sampler = Sampler(sample_fps, rate=rate, start=start, end=end)
         last_t = -math.inf
         stopped = False
         rotation_warned = False
@@ -401,21 +455,12 @@ def video_frames(
                     origin = frame.pts
                 t = float((frame.pts - origin) * time_base)
             last_t = t
-            if start is not None and t < start - eps:
-                continue
-            if end is not None and t >= end - eps:
+            verdict = sampler.take(t)
+            if verdict is STOP:
                 stopped = True
                 break
-            if not take_all:
-                assert sample_fps is not None
-                if next_t is None:
-                    t0 = next_t = t
-                if t < next_t - eps:
-                    continue
-                # The tolerance is in seconds on both sides: a frame taken eps early must not
-                # leave the instant it stood for as the next one.
-                k = math.floor((t - t0 + eps) * sample_fps) + 1
-                next_t = t0 + k / sample_fps
+            if not verdict:
+                continue
             image = frame.to_ndarray(format="rgb24")
             rotation = frame.rotation
             if rotation:
