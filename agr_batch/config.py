@@ -25,6 +25,9 @@ class DetectorConfig:
         min_face: Minimum face size (shorter box side) in frame pixels.
         max_side: Longest side of the detector's working resolution, in pixels.
         model_path: Weights file for detectors that need one (``scrfd``).
+        backend: How CenterFace runs: ``auto`` (onnxruntime on CPU, the compiled engine on
+            CUDA), ``onnxruntime``, ``onnxruntime-int8``, or an engine backend (``eager``,
+            ``channels_last``, ``compiled``, ``inductor``, ``tensorrt``) in PyTorch.
     """
 
     name: str = "centerface"
@@ -32,6 +35,7 @@ class DetectorConfig:
     min_face: int = 20
     max_side: int = 640
     model_path: str | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_number("--det-threshold", self.score_threshold, low=0.0, high=1.0, low_open=True)

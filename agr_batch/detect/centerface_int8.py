@@ -16,7 +16,6 @@ to ~4 px on 50 px faces, which is why fp32 stays the default.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -111,7 +110,6 @@ def _build(fp32_bytes: bytes, out: Path) -> None:
         )
 
 
-@functools.lru_cache(maxsize=2)
 def quantized_model(fp32_bytes_sha256: str, fp32_bytes: bytes, cache_dir: str | None) -> Path:
     """The int8 model for the rewritten fp32 CenterFace, building it on first use.
 
