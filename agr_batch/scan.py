@@ -365,7 +365,9 @@ def _process(
     from agr_batch.runner import Pipeline, SourceResult
 
     pipeline = (pipeline_factory or Pipeline)(config)
-    summary.build_s = float(getattr(pipeline.engine, "details", {}).get("build_s", 0.0))
+    summary.build_s = float(getattr(pipeline.engine, "details", {}).get("build_s", 0.0)) + float(
+        getattr(pipeline, "detector_build_s", 0.0)
+    )
     metadata = pipeline.metadata(config)
     by_path = {str(w.media.path): w for w in work}
     state_rows = {r.id: r for r in state.all_files()}

@@ -1,0 +1,117 @@
+"""CPU levers side by side: each one alone against the default, with faces and visitors.
+
+On a generated 60 s 1080p30 video of six people (and a 720p one), all in one run: decode-only
+(every frame decoded, the sampled ones converted), the default run (`compact`, 2 fps,
+per-track voting), then one lever at a time (int8 detector, detector threads, detector
+resolution, skipping non-reference frames, keyframes only) and the naive loop (OpenCV reads
+every frame, detects, classifies one face at a time). Faces and visitors are printed for
+every row, because a faster run that loses people is not faster. Prints a Markdown table.
+
+    .venv/bin/python benchmarks/cpu_levers.py [--seconds 60] [--only-1080p]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agr_batch.bench import checkpoint_for
+from agr_batch.config import DetectorConfig, RunConfig
+from agr_batch.runner import run
+from agr_batch.samples import write_scene_video
+from agr_batch.sources import frames
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import naive_loop
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def decode_only(video: Path, **kw: object) -> tuple[float, float]:
+    """(wall s, CPU s) of decoding with the run's sampling and nothing else."""
+    c0, t0 = os.times(), time.perf_counter()
+    for _ in frames(video, **kw):  # type: ignore[arg-type]
+        pass
+    c1 = os.times()
+    return time.perf_counter() - t0, (c1.user - c0.user) + (c1.system - c0.system)
+
+
+def one_run(video: Path, ckpt: Path, out: Path, **kw: object) -> tuple[float, float, Any]:
+    c0 = os.times()
+    config = RunConfig(inputs=(str(video),), out=out / "s.parquet", model=ckpt, **kw)  # type: ignore[arg-type]
+    summary = run(config)
+    c1 = os.times()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    return summary.wall_s - summary.build_s, cpu, summary
+
+
+def bench_video(video: Path, seconds: float, ckpt: Path, work: Path) -> list[str]:
+    rows = []
+    base_wall, base_cpu = decode_only(video, sample_fps=2.0)
+    rows.append(f"| decode-only, 2 fps | {base_wall:.2f} | 1.00 | {base_cpu:.1f} | - | - | |")
+    kf_wall, _ = decode_only(video, sample_fps=2.0, keyframes_only=True)
+    rows.append(f"| decode-only, keyframes | {kf_wall:.2f} | {kf_wall / base_wall:.2f} | | | | |")
+    plan: list[tuple[str, dict[str, object]]] = [
+        ("default (compact, 2 fps, voting, onnxruntime fp32)", {}),
+        ("int8 detector", {"detector": DetectorConfig(backend="onnxruntime-int8")}),
+        ("detector at 480 px", {"detector": DetectorConfig(max_side=480)}),
+        ("--skip-nonref", {"skip_nonref": True}),
+        ("int8 detector + --skip-nonref", {
+            "detector": DetectorConfig(backend="onnxruntime-int8"), "skip_nonref": True}),
+        ("--keyframes-only", {"keyframes_only": True}),
+    ]  # fmt: skip
+    default_wall = 0.0
+    for name, kw in plan:
+        out = work / f"{video.stem}-{len(rows)}"
+        out.mkdir()
+        wall, cpu, s = one_run(video, ckpt, out, cache_dir=work / "cache", **kw)
+        if not default_wall:
+            default_wall = wall
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in s.stage_s.items() if v >= 0.05)
+        rows.append(
+            f"| {name} | {wall:.2f} | {wall / base_wall:.2f} | {cpu:.1f} | {s.faces} "
+            f"| {s.visitors} | {seconds / wall:.1f}× real time; {stages} |"
+        )
+        print(rows[-1], flush=True)
+    t_naive, n_naive = naive_loop(video, ckpt, 2.0)
+    rows.append(
+        f"| naive loop | {t_naive:.2f} | {t_naive / base_wall:.2f} | | {n_naive} | - "
+        f"| default is {t_naive / default_wall:.1f}× faster |"
+    )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--only-1080p", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    CACHE.mkdir(exist_ok=True)
+    sizes = [(1920, 1080)] if args.only_1080p else [(1920, 1080), (1280, 720)]
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ckpt = checkpoint_for(None, "compact", work)
+        for w, h in sizes:
+            video = CACHE / f"levers-{int(args.seconds)}s-{h}p.mp4"
+            if not video.exists():
+                write_scene_video(video, seconds=args.seconds, size=(w, h), sway_px=w / 10, gop=60)
+            print(f"\n{args.seconds:.0f} s {w}x{h} 30 fps H.264 (GOP 60), six people:\n")
+            print("| mode | wall s | / decode-only | CPU s | faces | visitors | notes |")
+            print("|---|---:|---:|---:|---:|---:|---|")
+            for row in bench_video(video, args.seconds, ckpt, work):
+                print(row)
+
+
+if __name__ == "__main__":
+    main()
