@@ -44,7 +44,9 @@ WORKDIR /opt/agr-batch
 COPY pyproject.toml README.md ./
 COPY agr_batch ./agr_batch
 COPY trainer ./trainer
-RUN pip install --constraint /tmp/constraints.txt ".${EXTRAS}" \
+# The GPU image also decodes videos with NVDEC (the nvdec extra).
+RUN if [ "${VARIANT}" = gpu ] && [ -z "${EXTRAS}" ]; then EXTRAS="[nvdec]"; fi \
+    && pip install --constraint /tmp/constraints.txt ".${EXTRAS}" \
     && agr-batch --version
 
 RUN useradd --create-home --uid 10001 agr \
