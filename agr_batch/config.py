@@ -28,6 +28,7 @@ class DetectorConfig:
         backend: How CenterFace runs: ``auto`` (onnxruntime on CPU, the compiled engine on
             CUDA), ``onnxruntime``, ``onnxruntime-int8``, or an engine backend (``eager``,
             ``channels_last``, ``compiled``, ``inductor``, ``tensorrt``) in PyTorch.
+        threads: onnxruntime threads (None: every core this process may use).
     """
 
     name: str = "centerface"
@@ -36,6 +37,7 @@ class DetectorConfig:
     max_side: int = 640
     model_path: str | None = None
     backend: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check_number("--det-threshold", self.score_threshold, low=0.0, high=1.0, low_open=True)
@@ -63,6 +65,8 @@ class DetectorConfig:
             kw["input_size"] = (self.max_side, self.max_side)
         if self.model_path:
             kw["model_path"] = self.model_path
+        if self.threads:
+            kw["threads"] = self.threads
         return kw
 
 

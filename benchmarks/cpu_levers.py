@@ -62,6 +62,7 @@ def bench_video(video: Path, seconds: float, ckpt: Path, work: Path) -> list[str
     plan: list[tuple[str, dict[str, object]]] = [
         ("default (compact, 2 fps, voting, onnxruntime fp32)", {}),
         ("int8 detector", {"detector": DetectorConfig(backend="onnxruntime-int8")}),
+        ("detector on 1 thread", {"detector": DetectorConfig(threads=1)}),
         ("detector at 480 px", {"detector": DetectorConfig(max_side=480)}),
         ("--skip-nonref", {"skip_nonref": True}),
         ("int8 detector + --skip-nonref", {

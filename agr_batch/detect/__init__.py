@@ -85,6 +85,7 @@ def build_detector(
     from agr_batch.detect.centerface_torch import CenterFaceTorch
 
     kwargs.pop("input_width", None)
+    kwargs.pop("threads", None)
     return CenterFaceTorch(
         backend="auto" if backend == "auto-engine" else backend,
         device=dev,
