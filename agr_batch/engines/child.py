@@ -12,15 +12,34 @@ import copy
 import faulthandler
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 
+def _exit_with_parent() -> None:
+    """Exit when the parent dies: a killed run must not leave a compiler behind.
+
+    The child runs in its own session (so a timeout can kill its whole group), which also
+    means nothing else ends it when the parent is killed outright.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agr-child-watchdog", daemon=True).start()
+
+
 def main() -> int:
     """Handle one request; the exit code is 0 whenever a verdict was printed."""
+    _exit_with_parent()
     faulthandler.enable()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from agr_batch.engines import BACKENDS, BuildContext, EngineCache

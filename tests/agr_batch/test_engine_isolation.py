@@ -256,3 +256,36 @@ def test_quiet_run_prints_nothing_on_success_even_while_compiling(ckpt, tmp_path
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and proc.stdout == ""
     assert (tmp_path / "s.parquet").exists()
+
+
+def test_a_killed_run_leaves_no_build_behind(ckpt, tmp_path, inject):
+    """SIGKILL of the run while its child builds: the child notices and exits too."""
+    pidfile = inject("compile-hang")
+    script = (
+        "import sys, torch\n"
+        "from agr_batch.checkpoint import load_checkpoint\n"
+        "from agr_batch.engines import engine_for_checkpoint\n"
+        "ckpt = load_checkpoint(sys.argv[1])\n"
+        "cpu = torch.device('cpu')\n"
+        "engine_for_checkpoint('compiled', ckpt, device=cpu, cache_dir=sys.argv[2])\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(ckpt.path), str(tmp_path / "cache")], cwd=REPO
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
+        if len(pids) >= 2:  # the run and its child have started
+            break
+        time.sleep(0.2)
+    else:
+        parent.kill()
+        pytest.fail("the child build never started")
+    time.sleep(3)  # the child is now inside the hanging compiler
+    parent.kill()
+    parent.wait()
+    child = [p for p in pids if p != parent.pid]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in child)
