@@ -11,8 +11,8 @@ from typing import Any
 
 from agr_batch import __version__, limits
 from agr_batch.limits import check_number
-from agr_batch.track import TrackerConfig
-from agr_batch.vote import VoteConfig
+from agr_batch.stages.track import TrackerConfig
+from agr_batch.stages.vote import VoteConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class DetectorConfig:
         )  # fmt: skip
 
     def kwargs(self) -> dict[str, Any]:
-        """Constructor keywords for :func:`agr_batch.detect.create_detector`."""
+        """Constructor keywords for :func:`agr_batch.stages.detect.create_detector`."""
         kw: dict[str, Any] = {
             "score_threshold": self.score_threshold,
             "min_face_size": float(self.min_face),

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from agr_batch.bench import checkpoint_for
+from agr_batch.commands.bench import checkpoint_for
 from agr_batch.config import ProcessingConfig
-from agr_batch.detect.base import default_threads
-from agr_batch.distributed import RayOptions, RayPipeline
-from agr_batch.runner import Pipeline, SourceResult
+from agr_batch.pipeline.local import Pipeline, SourceResult
+from agr_batch.pipeline.ray.driver import RayOptions, RayPipeline
 from agr_batch.samples import write_scene_video
-from agr_batch.sources import MediaFile
+from agr_batch.stages.decode.media import MediaFile
+from agr_batch.stages.detect.base import default_threads
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "ray_scaling"
 

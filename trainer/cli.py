@@ -15,14 +15,12 @@ import click
 
 from agr_batch import __version__
 from agr_batch.checkpoint import CheckpointError
+from agr_batch.device import DEVICES, DeviceError
+from agr_batch.exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
 from agr_batch.models import list_models
 from trainer.augment import AugmentConfig
 from trainer.data import DataError
 from trainer.fit import SCHEDULERS, FitConfig, FitError
-from trainer.runtime import DEVICES, DeviceError
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 _EXPECTED_ERRORS = (DataError, FitError, CheckpointError, DeviceError)
 

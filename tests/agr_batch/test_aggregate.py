@@ -4,9 +4,9 @@ import datetime as dt
 
 import numpy as np
 
-from agr_batch.aggregate import StatsAggregator, faces_table, tracks_table
 from agr_batch.labels import VOCABULARIES
 from agr_batch.records import Predictions, TrackResult
+from agr_batch.stages.aggregate import StatsAggregator, faces_table, tracks_table
 
 
 def _onehot(n: int, k: int, idx: int) -> np.ndarray:

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agr_batch.align import (
+from agr_batch.records import Detections
+from agr_batch.stages.align import (
     MEAN_FACE_SHAPE,
     TEMPLATE_UNIT,
     align_faces,
@@ -12,8 +13,7 @@ from agr_batch.align import (
     similarity_transform,
     template,
 )
-from agr_batch.preprocess import PreprocessSpec
-from agr_batch.records import Detections
+from agr_batch.stages.preprocess import PreprocessSpec
 
 
 def _apply(matrix: np.ndarray, pts: np.ndarray) -> np.ndarray:

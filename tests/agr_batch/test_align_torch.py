@@ -1,4 +1,4 @@
-"""The device alignment (agr_batch.align_torch) against the cv2 path (agr_batch.align).
+"""Device alignment (agr_batch.stages.align_torch) against cv2 (agr_batch.stages.align).
 
 Frames are real photos (insightface's t1.jpg with CenterFace's landmarks, and Tom Hanks),
 scaled down (faces of ~20 px), up (faces up to ~8x the chip, area-averaged first) and cut so
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from agr_batch import align, align_torch
 from agr_batch.checkpoint import load_checkpoint
-from agr_batch.preprocess import PreprocessSpec, chips_to_tensor
 from agr_batch.records import Detections
+from agr_batch.stages import align, align_torch
+from agr_batch.stages.preprocess import PreprocessSpec, chips_to_tensor
 from tests.conftest import CUDA_TESTS_DEVICE
 
 # The acceptance bound: a chip's mean absolute difference from cv2's, on the 0-255 scale.

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agr_batch.budget import ByteBudget
 from agr_batch.config import ProcessingConfig
-from agr_batch.runner import Pipeline
+from agr_batch.pipeline.budget import ByteBudget
+from agr_batch.pipeline.local import Pipeline
 from agr_batch.samples import photos_dir
-from agr_batch.sources import discover
+from agr_batch.stages.decode.media import discover
 
 
 def test_budget_blocks_when_full_and_lets_one_large_item_through():

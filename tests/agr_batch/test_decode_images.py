@@ -1,4 +1,4 @@
-"""Batched device image decoding (agr_batch.decode_images) against sources.image_frame.
+"""Batched device image decoding (agr_batch.stages.decode.nvjpeg) against sources.image_frame.
 
 On the CPU torchvision's libjpeg-turbo decoder gives Pillow's pixels exactly (measured: max
 difference 0 at qualities 50-98 and 4:2:0, 4:2:2, 4:4:4), so the CPU tests demand equality.
@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from agr_batch import decode_images as di
-from agr_batch.sources import SourceError, image_frame
+from agr_batch.stages.decode import nvjpeg as di
+from agr_batch.stages.decode.image import image_frame
+from agr_batch.stages.decode.media import SourceError
 from tests import media
 from tests.conftest import CUDA_TESTS_DEVICE
 

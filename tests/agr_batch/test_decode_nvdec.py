@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from agr_batch.decode_nvdec import nvdec_available, nvdec_frames
-from agr_batch.sources import SourceError, frames
+from agr_batch.stages.decode.media import SourceError, frames
+from agr_batch.stages.decode.nvdec import nvdec_available, nvdec_frames
 from tests import media
 from tests.conftest import CUDA_TESTS_DEVICE
 

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agr_batch.detect import (
+from agr_batch.records import Detections
+from agr_batch.stages.detect import (
     DETECTORS,
     CenterFace,
     Detector,
@@ -17,8 +18,7 @@ from agr_batch.detect import (
     list_detectors,
     nms,
 )
-from agr_batch.detect.scrfd import find_model
-from agr_batch.records import Detections
+from agr_batch.stages.detect.scrfd import find_model
 
 
 def _check_geometry(dets: Detections, width: int, height: int) -> None:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from agr_batch.detect import create_detector
-from agr_batch.detect.base import DetectorError
-from agr_batch.detect.centerface import _ALIGN, _resize
-from agr_batch.detect.centerface_net import load_centerface_net
-from agr_batch.detect.centerface_torch import CenterFaceTorch
-from agr_batch.sources import frames
+from agr_batch.stages.decode.media import frames
+from agr_batch.stages.detect import create_detector
+from agr_batch.stages.detect.base import DetectorError
+from agr_batch.stages.detect.centerface import _ALIGN, _resize
+from agr_batch.stages.detect.centerface_net import load_centerface_net
+from agr_batch.stages.detect.centerface_torch import CenterFaceTorch
 from tests import media
 from tests.conftest import CUDA_TESTS_DEVICE
 

@@ -16,8 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from agr_batch.checkpoint import CheckpointError
+from agr_batch.commands.scan import ScanConfig, scan
 from agr_batch.config import RunConfig
-from agr_batch.distributed import (
+from agr_batch.pipeline.local import SourceResult, run
+from agr_batch.pipeline.ray.driver import (
     INSTALL_HINT,
     RayUnavailableError,
     merge_segments,
@@ -27,11 +29,9 @@ from agr_batch.distributed import (
     scan_ray,
 )
 from agr_batch.records import Predictions, TrackResult
-from agr_batch.runner import SourceResult, run
 from agr_batch.samples import photos_dir
-from agr_batch.scan import ScanConfig, scan
-from agr_batch.sinks import read_metadata
-from agr_batch.sources import MediaFile
+from agr_batch.stages.decode.media import MediaFile
+from agr_batch.storage.sinks import read_metadata
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 requires_ray = pytest.mark.skipif(

@@ -117,7 +117,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_compiled_engine_agrees_and_its_check_is_reused(ckpt, synth_data, tmp_path, monkeypatch):
-    from agr_batch.preprocess import chips_to_tensor
+    from agr_batch.stages.preprocess import chips_to_tensor
 
     files = sorted((synth_data.root / "val").glob("*.jpg"))[:200]
     chips = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

@@ -35,7 +35,7 @@ def batch(synth_data, ckpt):
     """The held-out synthetic faces, preprocessed exactly as the processor does."""
     from PIL import Image
 
-    from agr_batch.preprocess import chips_to_tensor
+    from agr_batch.stages.preprocess import chips_to_tensor
 
     files = sorted((synth_data.root / "val").glob("*.jpg"))[:300]
     chips = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
@@ -184,7 +184,7 @@ def test_cache_failed_build_leaves_nothing(tmp_path):
 
 
 def test_probabilities_sum_to_one_via_classifier(ckpt, tmp_path):
-    from agr_batch.classify import Classifier
+    from agr_batch.stages.classify import Classifier
 
     engine = _engine(ckpt, "channels_last", tmp_path)
     clf = Classifier(ckpt, batch_size=16, forward=engine)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from agr_batch.cli import main
 from agr_batch.samples import photos_dir
-from agr_batch.sinks import ParquetStreamWriter, clean_stale_temps, read_metadata
+from agr_batch.storage.sinks import ParquetStreamWriter, clean_stale_temps, read_metadata
 from tests import media
 
 PHOTO = photos_dir() / "t1.jpg"  # six people

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from agr_batch.aggregate import StatsAggregator
 from agr_batch.cli import main
+from agr_batch.commands.report import build_report, load_stats
 from agr_batch.labels import VOCABULARIES
 from agr_batch.records import Predictions, TrackResult
-from agr_batch.report import build_report, load_stats
-from agr_batch.sinks import write_table
+from agr_batch.stages.aggregate import StatsAggregator
+from agr_batch.storage.sinks import write_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [

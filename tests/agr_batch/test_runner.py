@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from agr_batch.cli import main
 from agr_batch.config import RunConfig
-from agr_batch.runner import run
+from agr_batch.pipeline.local import run
 from agr_batch.samples import photos_dir
-from agr_batch.sinks import read_metadata
+from agr_batch.storage.sinks import read_metadata
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None):
@@ -77,9 +77,9 @@ def test_stats_invariant_windows_and_metadata(scene_run, tiny_checkpoint):
     assert stats[stats.window_start > 0].visitors.sum() == 0
     assert stats.start_time.notna().all()
     meta = read_metadata(config.out)
-    from agr_batch.checkpoint import file_sha256
+    from agr_batch.storage.hashing import sha256_file
 
-    assert meta["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
+    assert meta["checkpoint_sha256"] == sha256_file(tiny_checkpoint)
     assert meta["arch"] == "tiny"
     assert meta["detector"]["name"] == "centerface" and meta["detector"]["score_threshold"] == 0.5
     assert meta["sample_fps"] == 2.0 and meta["window_s"] == 2.0
@@ -171,7 +171,7 @@ def test_crash_leaves_previous_output_untouched(tmp_path, tiny_checkpoint, monke
     out = tmp_path / "stats.parquet"
     faces = tmp_path / "faces.parquet"
     out.write_bytes(b"previous results")
-    import agr_batch.classify as classify
+    import agr_batch.stages.classify as classify
 
     def boom(self, chips):
         raise RuntimeError("simulated crash in the classifier")
@@ -232,7 +232,7 @@ def test_min_cell_count_suppresses_and_reports(tmp_path, tiny_checkpoint):
 
 
 def test_decoder_choice(tmp_path, tiny_checkpoint):
-    from agr_batch.decode_gpu import resolve_decoder
+    from agr_batch.stages.decode.torchcodec import resolve_decoder
 
     assert resolve_decoder("auto", "cpu") == "pyav"
     assert resolve_decoder("pyav", "cuda") == "pyav"

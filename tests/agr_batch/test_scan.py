@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agr_batch.cli import main
-from agr_batch.fileid import birth_time_ns
+from agr_batch.commands.scan import Dataset, ScanConfig, scan
+from agr_batch.commands.scan.fileid import birth_time_ns
+from agr_batch.commands.scan.state import DatasetLock, State
 from agr_batch.samples import photo
-from agr_batch.scan import Dataset, ScanConfig, scan
-from agr_batch.state import DatasetLock, State
 
 GROUP, SINGLE = 6, 1  # faces in t1.jpg and in the Tom Hanks photo
 

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from agr_batch.cli import main
-from agr_batch.state import DatasetLock
+from agr_batch.commands.scan.state import DatasetLock
 from tests.agr_batch.test_scan import GROUP, _camera, _faces_by_source, _jpeg
 
 
@@ -179,7 +179,8 @@ def test_status_reports_the_holder_of_the_lock_and_a_stuck_step(tmp_path):
     ds = tmp_path / "ds"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from agr_batch.state import DatasetLock\n"
+         "import sys, time; from pathlib import Path\n"
+         "from agr_batch.commands.scan.state import DatasetLock\n"
          f"lock = DatasetLock(Path({str(ds / '_state')!r})); lock.acquire()\n"
          "lock.activity('hashing /cams/pipe.jpg'); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,

@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from agr_batch.cli import main
-from agr_batch.fileid import FileStat, birth_time_ns, file_stat, hash_file
-from agr_batch.scan import ScanConfig, ScanOptionsError, scan
-from agr_batch.scan_plan import same_recording
-from agr_batch.state import FileRow, State
+from agr_batch.commands.scan import ScanConfig, ScanOptionsError, scan
+from agr_batch.commands.scan.fileid import FileStat, birth_time_ns, file_stat
+from agr_batch.commands.scan.plan import same_recording
+from agr_batch.commands.scan.state import FileRow, State
+from agr_batch.storage.hashing import hash_file
 from tests.agr_batch.test_scan import GROUP, SINGLE, _camera, _config, _faces_by_source, _jpeg
 
 

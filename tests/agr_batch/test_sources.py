@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agr_batch import sources
-from agr_batch.sources import MediaFile, SourceError
+from agr_batch.stages.decode import image as images
+from agr_batch.stages.decode import media as inputs
+from agr_batch.stages.decode import video
+from agr_batch.stages.decode.media import MediaFile, SourceError
 from tests import media
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +40,7 @@ def test_discover_mixes_files_dirs_unknown_and_missing(tmp_path: Path):
     odd = _touch(tmp_path / "odd.doc")
     (root / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
 
-    found = sources.discover([single, root, tmp_path / "missing.mp4", odd, root / "b.jpg"])
+    found = inputs.discover([single, root, tmp_path / "missing.mp4", odd, root / "b.jpg"])
 
     assert [(m.path.relative_to(tmp_path).as_posix(), m.kind) for m in found.media] == [
         ("single.mov", "video"),
@@ -57,8 +59,8 @@ def test_discover_mixes_files_dirs_unknown_and_missing(tmp_path: Path):
 def test_discover_order_is_deterministic(tmp_path: Path):
     for name in ["c.jpg", "a.jpg", "b.mp4", "z/y.png", "m/k.png"]:
         _touch(tmp_path / name)
-    first = sources.discover([tmp_path])
-    second = sources.discover([str(tmp_path)])
+    first = inputs.discover([tmp_path])
+    second = inputs.discover([str(tmp_path)])
     names = [m.path.relative_to(tmp_path).as_posix() for m in first.media]
     assert names == ["a.jpg", "b.mp4", "c.jpg", "m/k.png", "z/y.png"]
     assert [m.path for m in second.media] == [m.path for m in first.media]
@@ -69,8 +71,8 @@ def test_discover_survives_symlink_loops(tmp_path: Path):
     _touch(root / "sub" / "face.jpg")
     (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
     (root / "self").symlink_to(root / "self")  # a symlink to itself (ELOOP)
-    result: list[sources.Discovery] = []
-    worker = threading.Thread(target=lambda: result.append(sources.discover([root])), daemon=True)
+    result: list[inputs.Discovery] = []
+    worker = threading.Thread(target=lambda: result.append(inputs.discover([root])), daemon=True)
     worker.start()
     worker.join(timeout=20)
     assert not worker.is_alive(), "discover() hung on a symlink loop"
@@ -84,7 +86,7 @@ def test_discover_survives_symlink_loops(tmp_path: Path):
 
 
 def test_sampling_2fps_of_30fps_3s(clip_3s: media.WrittenVideo):
-    got = list(sources.video_frames(clip_3s.path, sample_fps=2.0))
+    got = list(video.video_frames(clip_3s.path, sample_fps=2.0))
     assert [f.time_s for f in got] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5], abs=1e-3)
     assert [f.frame_index for f in got] == [0, 15, 30, 45, 60, 75]
     # The pixels are those of the frame the index names.
@@ -98,16 +100,16 @@ def test_sampling_2fps_of_30fps_3s(clip_3s: media.WrittenVideo):
 
 def test_every_frame_when_sample_fps_is_none_or_zero(clip_3s: media.WrittenVideo):
     for fps in (None, 0, -1):
-        got = list(sources.video_frames(clip_3s.path, sample_fps=fps))
+        got = list(video.video_frames(clip_3s.path, sample_fps=fps))
         assert [f.frame_index for f in got] == list(range(90))
         assert got[-1].time_s == pytest.approx(89 / 30, abs=1e-3)
 
 
 def test_start_and_end_bound_the_frames(clip_3s: media.WrittenVideo):
-    got = list(sources.video_frames(clip_3s.path, sample_fps=None, start=1.0, end=2.0))
+    got = list(video.video_frames(clip_3s.path, sample_fps=None, start=1.0, end=2.0))
     assert [f.frame_index for f in got] == list(range(30, 60))
     assert [media.read_frame_number(f.image) for f in got] == list(range(30, 60))
-    sampled = list(sources.video_frames(clip_3s.path, sample_fps=1.0, start=0.9))
+    sampled = list(video.video_frames(clip_3s.path, sample_fps=1.0, start=0.9))
     assert [round(f.time_s, 2) for f in sampled] == [0.9, 1.9, 2.9]
 
 
@@ -115,7 +117,7 @@ def test_vfr_timestamps_match_written_pts(tmp_path: Path):
     written = media.make_video(tmp_path / "vfr.mkv", seconds=1.0, size=(256, 160), vfr=True)
     gaps = np.diff(written.times)
     assert gaps.max() > 3 * gaps.min()  # really variable
-    got = list(sources.video_frames(written.path, sample_fps=None))
+    got = list(video.video_frames(written.path, sample_fps=None))
     assert [f.time_s for f in got] == pytest.approx(list(written.times), abs=1e-3)
     assert [media.read_frame_number(f.image) for f in got] == list(range(len(written.times)))
 
@@ -123,7 +125,7 @@ def test_vfr_timestamps_match_written_pts(tmp_path: Path):
 def test_vfr_sampling_follows_time_not_frame_count(tmp_path: Path):
     written = media.make_video(tmp_path / "vfr.mp4", seconds=1.0, size=(256, 160), vfr=True)
     assert written.times[:6] == (0.0, 0.1, 0.117, 0.167, 0.2, 0.3)
-    got = list(sources.video_frames(written.path, sample_fps=4.0))
+    got = list(video.video_frames(written.path, sample_fps=4.0))
     # Instants 0, .25, .5, .75: taken are the first frames at or after each, and after a
     # frame at .3 the next instant is .5 (no catch-up burst).
     assert [round(f.time_s, 3) for f in got] == [0.0, 0.3, 0.5, 0.767]
@@ -131,7 +133,7 @@ def test_vfr_sampling_follows_time_not_frame_count(tmp_path: Path):
 
 def test_avi_mpeg4_is_sampled(tmp_path: Path, t1_rgb: np.ndarray):
     written = media.make_video(tmp_path / "old.avi", [t1_rgb], seconds=2, size=(320, 240))
-    got = list(sources.video_frames(written.path, sample_fps=2.0))
+    got = list(video.video_frames(written.path, sample_fps=2.0))
     assert [f.frame_index for f in got] == [0, 15, 30, 45]
     assert [media.read_frame_number(f.image) for f in got] == [0, 15, 30, 45]
 
@@ -139,11 +141,11 @@ def test_avi_mpeg4_is_sampled(tmp_path: Path, t1_rgb: np.ndarray):
 def test_keyframes_only_yields_exactly_the_keyframes(clip_3s: media.WrittenVideo):
     reference = media.keyframe_indices(clip_3s.path)
     assert reference == list(range(0, 90, 10))  # gop=10, no scene cuts
-    got = list(sources.video_frames(clip_3s.path, sample_fps=None, keyframes_only=True))
+    got = list(video.video_frames(clip_3s.path, sample_fps=None, keyframes_only=True))
     assert [f.frame_index for f in got] == reference
     assert [media.read_frame_number(f.image) for f in got] == reference
     assert [f.time_s for f in got] == pytest.approx([i / 30 for i in reference], abs=1e-3)
-    sampled = list(sources.video_frames(clip_3s.path, sample_fps=1.0, keyframes_only=True))
+    sampled = list(video.video_frames(clip_3s.path, sample_fps=1.0, keyframes_only=True))
     assert [f.frame_index for f in sampled] == [0, 30, 60]
 
 
@@ -163,16 +165,16 @@ def test_display_rotation_is_applied(tmp_path: Path, rotation: int):
         raw = next(container.decode(video=0))
         assert raw.rotation % 360 == rotation % 360
         assert media.read_frame_number(raw.to_ndarray(format="rgb24")) is None
-    got = list(sources.video_frames(written.path, sample_fps=None))
+    got = list(video.video_frames(written.path, sample_fps=None))
     assert len(got) == 15
     assert all(f.image.shape == (240, 320, 3) for f in got)
     assert [media.read_frame_number(f.image) for f in got] == list(range(15))
-    info = sources.probe(written.path)
+    info = video.probe(written.path)
     assert (info.width, info.height, info.rotation) == (320, 240, rotation)
 
 
 def test_probe_reports_stream_properties(clip_3s: media.WrittenVideo):
-    info = sources.probe(clip_3s.path)
+    info = video.probe(clip_3s.path)
     assert info.duration_s == pytest.approx(3.0, abs=0.05)
     assert info.fps == pytest.approx(30.0)
     assert (info.width, info.height, info.rotation, info.frames) == (320, 240, 0, 90)
@@ -191,7 +193,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, t1_rgb: np.ndarray, orienta
         stored = im.size
     if orientation != 3:
         assert stored == (300, 500)  # stored sideways
-    frame = sources.image_frame(path)
+    frame = images.image_frame(path)
     assert frame.image.shape == (300, 500, 3)
     diff = np.abs(frame.image.astype(np.int16) - upright.astype(np.int16))
     assert diff.mean() < 4  # JPEG noise only; a wrong rotation differs by tens
@@ -210,7 +212,7 @@ _LOSSY = {"gray_jpeg": 3, "cmyk_jpeg": 4}
 def test_image_modes_become_rgb_uint8(tmp_path: Path, name: str):
     made = media.make_mode_images(tmp_path)
     path, expected = made[name]
-    frame = sources.image_frame(path)
+    frame = images.image_frame(path)
     assert frame.image.dtype == np.uint8
     assert frame.image.shape == (*expected.shape[:2], 3)
     assert frame.image.flags.c_contiguous
@@ -222,7 +224,7 @@ def test_image_modes_become_rgb_uint8(tmp_path: Path, name: str):
 def test_16bit_uses_the_high_byte_range(tmp_path: Path):
     ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")
-    image = sources.image_frame(tmp_path / "ramp16.png").image
+    image = images.image_frame(tmp_path / "ramp16.png").image
     assert image[0, 0, 0] == 0 and image[-1, -1, 0] == 255
     assert image[8, 0, 0] == pytest.approx(128, abs=1)  # not clipped or wrapped
 
@@ -230,11 +232,11 @@ def test_16bit_uses_the_high_byte_range(tmp_path: Path):
 def test_image_too_large_is_refused(tmp_path: Path, t1_rgb: np.ndarray, monkeypatch):
     Image.fromarray(t1_rgb).save(tmp_path / "big.png")
     with pytest.raises(SourceError, match=r"image too large: 1134080 pixels > limit 1000000$"):
-        sources.image_frame(tmp_path / "big.png", max_pixels=1_000_000)
+        images.image_frame(tmp_path / "big.png", max_pixels=1_000_000)
     # Pillow's own decompression-bomb warning is an error too.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700_000)
     with pytest.raises(SourceError, match="image too large"):
-        sources.image_frame(tmp_path / "big.png")
+        images.image_frame(tmp_path / "big.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_bad_files_raise_one_line_source_error(
 ):
     path, reason = _bad_files(tmp_path, clip_3s.path)[case]
     with pytest.raises(SourceError) as info:
-        list(sources.frames(path))
+        list(inputs.frames(path))
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
@@ -289,7 +291,7 @@ def test_truncated_video_yields_good_frames_then_fails(
     cut = media.make_truncated(noisy_clip.path, tmp_path / "cut.mp4", 0.9)
     got: list[int] = []
     with pytest.raises(SourceError) as info:
-        for frame in sources.video_frames(cut, sample_fps=None):
+        for frame in video.video_frames(cut, sample_fps=None):
             got.append(frame.frame_index)
     assert len(got) > 30
     assert got == list(range(len(got)))
@@ -300,8 +302,8 @@ def test_truncated_video_yields_good_frames_then_fails(
 def test_unknown_extension_and_mediafile_dispatch(tmp_path: Path, t1_rgb: np.ndarray):
     Image.fromarray(t1_rgb).save(tmp_path / "face.png")
     with pytest.raises(SourceError, match=r"unknown media extension '\.xyz'"):
-        list(sources.frames(tmp_path / "face.xyz"))
-    (frame,) = sources.frames(MediaFile(tmp_path / "face.png", "image"))
+        list(inputs.frames(tmp_path / "face.xyz"))
+    (frame,) = inputs.frames(MediaFile(tmp_path / "face.png", "image"))
     assert np.array_equal(frame.image, t1_rgb)
 
 
@@ -310,7 +312,7 @@ def test_unknown_extension_and_mediafile_dispatch(tmp_path: Path, t1_rgb: np.nda
 
 
 def test_video_start_time_from_creation_time(clip_3s: media.WrittenVideo):
-    (frame,) = sources.video_frames(clip_3s.path, sample_fps=None, end=0.01)
+    (frame,) = video.video_frames(clip_3s.path, sample_fps=None, end=0.01)
     assert frame.start_time == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)  # MP4 keeps seconds
     assert frame.absolute_time == frame.start_time
 
@@ -319,7 +321,7 @@ def test_video_start_time_falls_back_to_mtime(tmp_path: Path):
     written = media.make_video(tmp_path / "plain.mkv", seconds=1.0, size=(128, 96))
     when = dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
     media.set_mtime(written.path, when)
-    frames = list(sources.video_frames(written.path, sample_fps=1.0))
+    frames = list(video.video_frames(written.path, sample_fps=1.0))
     assert frames[0].start_time == when
     assert frames[0].start_time.tzinfo is not None
 
@@ -332,28 +334,28 @@ def test_image_start_time_from_exif(tmp_path: Path, hanks_rgb: np.ndarray):
         datetime_original="2023:08:09 10:11:12",
         offset_time_original="+02:00",
     )
-    got = sources.image_frame(with_offset).start_time
+    got = images.image_frame(with_offset).start_time
     assert got == dt.datetime(2023, 8, 9, 8, 11, 12, tzinfo=dt.UTC)
     assert got.utcoffset() == dt.timedelta(hours=2)
 
     naive = media.make_exif_jpeg(
         tmp_path / "b.jpg", hanks_rgb, orientation=1, datetime_original="2023:08:09 10:11:12"
     )
-    assert sources.image_frame(naive, exif_tz=dt.UTC).start_time == dt.datetime(
+    assert images.image_frame(naive, exif_tz=dt.UTC).start_time == dt.datetime(
         2023, 8, 9, 10, 11, 12, tzinfo=dt.UTC
     )
-    local = sources.image_frame(naive).start_time
+    local = images.image_frame(naive).start_time
     assert local.replace(tzinfo=None) == dt.datetime(2023, 8, 9, 10, 11, 12)
     assert local.tzinfo is not None
 
     Image.fromarray(hanks_rgb).save(tmp_path / "c.png")
     when = dt.datetime(2010, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     media.set_mtime(tmp_path / "c.png", when)
-    assert sources.image_frame(tmp_path / "c.png").start_time == when
+    assert images.image_frame(tmp_path / "c.png").start_time == when
 
 
 def test_parse_creation_time_variants():
-    parse = sources._parse_iso
+    parse = video._parse_iso
     assert parse("2024-05-06T07:08:09.000000Z") == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
     assert parse("2024-05-06 07:08:09") == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
     assert parse("2024-05-06T09:08:09+0200") == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
@@ -362,7 +364,7 @@ def test_parse_creation_time_variants():
 
 
 def test_early_close_releases_the_file(clip_3s: media.WrittenVideo):
-    gen = sources.video_frames(clip_3s.path)
+    gen = video.video_frames(clip_3s.path)
     next(gen)
     gen.close()  # the container is closed by the generator's with-block
     fd_dir = Path("/proc/self/fd")
@@ -372,7 +374,7 @@ def test_early_close_releases_the_file(clip_3s: media.WrittenVideo):
 
 
 def test_skip_nonref_samples_near_the_same_instants(clip_3s):
-    from agr_batch.sources import video_frames
+    from agr_batch.stages.decode.video import video_frames
 
     full = list(video_frames(clip_3s.path, sample_fps=2))
     fast = list(video_frames(clip_3s.path, sample_fps=2, skip_nonref=True))
@@ -391,10 +393,10 @@ def test_1000_fps_is_sampled_once_per_instant(tmp_path: Path):
     # At 1000 fps the frame interval equals the old 1 ms tolerance: frames 499 and 500 were
     # both taken for the instant 0.5 s.
     clip = media.make_video(tmp_path / "fast.mp4", fps=1000, seconds=1.6, size=(256, 64))
-    got = [f.frame_index for f in sources.video_frames(clip.path, sample_fps=2.0)]
+    got = [f.frame_index for f in video.video_frames(clip.path, sample_fps=2.0)]
     assert got == [0, 500, 1000, 1500]
     stamped = [
-        media.read_frame_number(f.image) for f in sources.video_frames(clip.path, sample_fps=4.0)
+        media.read_frame_number(f.image) for f in video.video_frames(clip.path, sample_fps=4.0)
     ]
     assert stamped == [0, 250, 500, 750, 1000, 1250, 1500]
 
@@ -421,12 +423,12 @@ def _returns_within(fn, seconds: float = 10.0):  # type: ignore[no-untyped-def]
 def test_fifo_named_like_a_picture_never_blocks(tmp_path: Path):
     fifo = tmp_path / "snap.jpg"
     os.mkfifo(fifo)
-    when = _returns_within(lambda: sources.capture_time(fifo))
+    when = _returns_within(lambda: images.capture_time(fifo))
     assert when == dt.datetime.fromtimestamp(fifo.stat().st_mtime, tz=dt.UTC)
     with pytest.raises(SourceError, match="not a regular file"):
-        _returns_within(lambda: sources.image_frame(fifo))
+        _returns_within(lambda: images.image_frame(fifo))
     with pytest.raises(OSError, match="not a regular file"):
-        _returns_within(lambda: sources.open_regular(fifo))
+        _returns_within(lambda: inputs.open_regular(fifo))
 
 
 def test_high_depth_conversion_memory_is_bounded_by_strips(tmp_path: Path):
@@ -437,17 +439,17 @@ def test_high_depth_conversion_memory_is_bounded_by_strips(tmp_path: Path):
     Image.fromarray(np.repeat(ramp, h, axis=0)).save(tmp_path / "g16.png", compress_level=1)
     tracemalloc.start()
     try:
-        image = sources.image_frame(tmp_path / "g16.png").image
+        image = images.image_frame(tmp_path / "g16.png").image
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert image.shape == (h, w, 3) and image[0, -1, 0] == 255 and image[0, 0, 0] == 0
     # The RGB result (36 MB) plus the raw samples (24 MB) plus one strip; converting the
     # whole picture through float64 took five 96 MB arrays.
-    assert peak < image.nbytes + h * w * 2 + 3 * sources._STRIP_BYTES, peak
+    assert peak < image.nbytes + h * w * 2 + 3 * images._STRIP_BYTES, peak
 
 
 def test_video_frames_beyond_the_pixel_limit_are_refused(clip_3s: media.WrittenVideo, monkeypatch):
-    monkeypatch.setattr(sources, "DEFAULT_MAX_PIXELS", 320 * 240 - 1)
+    monkeypatch.setattr(video, "DEFAULT_MAX_PIXELS", 320 * 240 - 1)
     with pytest.raises(SourceError, match=r"frames too large: 320x240 pixels > limit 76799"):
-        next(sources.video_frames(clip_3s.path))
+        next(video.video_frames(clip_3s.path))

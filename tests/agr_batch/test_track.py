@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agr_batch.track import Tracker, TrackerConfig, iou_matrix
+from agr_batch.stages.track import Tracker, TrackerConfig, iou_matrix
 
 
 def _box(cx: float, cy: float, side: float = 80.0) -> list[float]:

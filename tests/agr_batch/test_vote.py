@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from agr_batch.records import Predictions
-from agr_batch.vote import TrackVoter, VoteConfig, face_quality
+from agr_batch.stages.vote import TrackVoter, VoteConfig, face_quality
 
 
 def _chip(rng: np.random.Generator, sharp: bool) -> np.ndarray:

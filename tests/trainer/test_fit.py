@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from agr_batch.checkpoint import load_checkpoint, read_payload
 from agr_batch.labels import AGE
-from agr_batch.preprocess import PreprocessSpec
+from agr_batch.stages.preprocess import PreprocessSpec
 from trainer.cli import main
 from trainer.data import read_split
 from trainer.evaluation import evaluate_checkpoint

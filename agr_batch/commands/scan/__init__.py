@@ -1,0 +1,444 @@
+"""``agr-batch scan``: incremental, exactly-once processing of a folder into a Parquet dataset.
+
+Layout of ``DATASET``::
+
+    date=YYYY-MM-DD/part-<id>.parquet          stats rows (the schema of ``run --out``)
+    _faces/date=YYYY-MM-DD/part-<id>.parquet   per-face rows (``--faces``)
+    _tracks/date=YYYY-MM-DD/part-<id>.parquet  per-track rows (``--tracks``)
+    _errors.parquet                            files that failed, with the reason
+    _state/state.sqlite                        what was processed into which parts (WAL)
+    _state/lock                                held by the running scan
+
+Readers that skip names starting with ``_`` or ``.`` (pyarrow.dataset, pandas, polars,
+DuckDB's hive globbing) read ``DATASET`` as one stats table partitioned by ``date``, the UTC
+date of each source's absolute start time.
+
+The commit protocol is in :mod:`agr_batch.commands.scan.dataset`, what happens to each file (which
+recording is which, renames, failures, options) in :mod:`agr_batch.commands.scan.plan`. The scan
+root and the dataset are resolved first (symlinks, ``..``), so the same files reached through
+another spelling are the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agr_batch.commands.scan.dataset import KIND_DIRS, Dataset, identity_fields, partition_date
+from agr_batch.commands.scan.plan import (
+    Plan,
+    ScanOptionsError,
+    Work,
+    check_options,
+    make_plan,
+    requested_tables,
+    signature,
+    table_settings,
+)
+from agr_batch.commands.scan.state import (
+    DatasetLock,
+    FileRow,
+    LockedError,
+    State,
+    StateError,
+)
+from agr_batch.config import ProcessingConfig
+from agr_batch.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_STILL_FAILING
+from agr_batch.limits import MAX_SETTLE_S, check_number
+from agr_batch.pipeline import Pipeline, SourceResult, WorkItem, create_pipeline
+from agr_batch.pipeline.progress import Progress
+from agr_batch.pipeline.sink import ResultSink
+from agr_batch.signals import exit_code_for
+from agr_batch.storage.safety import is_within
+
+log = logging.getLogger(__name__)
+
+
+__all__ = [
+    "Dataset",
+    "LockedError",
+    "ScanConfig",
+    "ScanOptionsError",
+    "ScanSummary",
+    "StateError",
+    "partition_date",
+    "scan",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig(ProcessingConfig):
+    """``agr-batch scan`` options on top of the processing options.
+
+    Attributes:
+        root: Folder (or file) to scan.
+        dataset: Output dataset folder.
+        settle_s: A file qualifies once its mtime is at least this many seconds old.
+        retry_failed: Retry files that failed before even if unchanged.
+        dry_run: Only list what would be processed.
+        write_faces: Also write per-face parts.
+        write_tracks: Also write per-track parts.
+    """
+
+    root: Path
+    dataset: Path
+    settle_s: float = 60.0
+    retry_failed: bool = False
+    dry_run: bool = False
+    write_faces: bool = False
+    write_tracks: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("--settle", self.settle_s, low=0, high=MAX_SETTLE_S, unit="seconds")
+        # Compared by identity: a symlinked or ``..`` spelling of the root is the root.
+        if is_within(self.dataset, self.root):
+            raise ValueError(
+                f"--out {self.dataset} must not be inside the scanned folder {self.root}"
+            )
+        if is_within(self.root, self.dataset):
+            raise ValueError(f"the scanned folder {self.root} is inside --out {self.dataset}")
+
+
+@dataclass
+class ScanSummary:
+    """What one scan did."""
+
+    processed: int = 0
+    failed: int = 0
+    deferred: int = 0
+    unchanged: int = 0
+    renamed: int = 0
+    touched: int = 0
+    skipped: int = 0
+    backfilled: int = 0
+    still_failing: int = 0
+    faces: int = 0
+    visitors: int = 0
+    suppressed_faces: int = 0
+    failures: list[str] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    repaired: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    build_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """1 when files failed in this scan, 4 when none did but files that failed in
+        earlier scans still fail (unchanged, not retried), else 0.
+        """  # noqa: D205
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_STILL_FAILING if self.still_failing else EXIT_OK
+
+    def line(self) -> str:
+        """The one-line summary (stderr, and the log file of every run)."""
+        return (
+            f"scan: {self.processed} processed, {self.failed} failed, "
+            f"{self.still_failing} still failing from earlier scans, "
+            f"{self.deferred} deferred (settling), {self.unchanged} unchanged, "
+            f"{self.renamed} renamed; {self.faces} faces, {self.visitors} visitors "
+            f"({self.suppressed_faces} faces in suppressed small cells) in {self.wall_s:.1f}s"
+            + (f" (engine build {self.build_s:.1f}s)" if self.build_s >= 0.05 else "")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = dict(self.__dict__)
+        d["exit_code"] = self.exit_code
+        d["wall_s"] = round(self.wall_s, 3)
+        d["build_s"] = round(self.build_s, 3)
+        return d
+
+
+def scan(
+    config: ScanConfig,
+    *,
+    pipeline: Pipeline | None = None,
+    progress: Progress | None = None,
+    on_error: Callable[[str], None] = lambda m: log.error("%s", m),
+) -> ScanSummary:
+    """Process new and changed files under ``config.root`` into ``config.dataset``.
+
+    A dry run takes no lock and writes nothing (it works on a read-only dataset). Planning,
+    the lock and every commit happen here, one file at a time as results arrive (in
+    completion order), whatever executes the work: a Ray pipeline only computes.
+
+    Args:
+        config: The scan.
+        pipeline: The executor (default: a local pipeline made, and closed, here). Nothing
+            loads, and no worker starts, when there is nothing to process.
+        progress: Where progress is reported (None: nowhere).
+        on_error: Called with one line per failed file.
+
+    Raises:
+        LockedError: Another scan holds the dataset's lock (exit code 3).
+        StateError: The dataset's state is corrupt or unreadable.
+        ScanOptionsError: The options differ from those the dataset was built with.
+        agr_batch.checkpoint.CheckpointError: The model cannot be loaded.
+        KeyboardInterrupt: On SIGINT (or SIGTERM in the CLI); the run is recorded as
+            interrupted and every file committed before it is kept.
+    """
+    t0 = time.perf_counter()
+    root = Path(os.path.realpath(config.root))
+    dataset = Dataset(config.dataset)
+    summary = ScanSummary()
+    tables = requested_tables(config)
+    settings = table_settings(config)
+    sig = signature(settings)
+    if config.dry_run:
+        _dry_run(config, root, dataset, summary, tables, settings, sig, on_error)
+        summary.wall_s = time.perf_counter() - t0
+        return summary
+    lock = DatasetLock(dataset.state_dir)
+    lock.acquire()
+    state: State | None = None
+    run_id: int | None = None
+    try:
+        state = State(dataset.state_dir)
+        summary.repaired = dataset.reconcile(state)
+        if any(summary.repaired.values()):
+            log.warning("repaired the dataset after an interrupted scan: %s", summary.repaired)
+        rows = state.all_files()
+        check_options(dataset.root, rows, state.settings(), sig, settings, tables)
+        run_id = state.start_run()  # before planning: hashing may take long, and be interrupted
+        lock.activity(f"planning {root}")
+        plan = make_plan(
+            config, root, rows, tables, summary, on_error=on_error, activity=lock.activity
+        )
+        with state.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO settings (signature, settings) VALUES (?, ?)",
+                (sig, _json(settings)),
+            )
+        _apply(config, dataset, state, plan, run_id, summary, on_error, lock, sig, tables)
+        if plan.work:
+            lock.activity(f"processing {len(plan.work)} file(s)")
+            _process(
+                config, dataset, state, plan.work, run_id, summary, pipeline, progress,
+                on_error, sig, tables, lock,
+            )  # fmt: skip
+        if plan.changes or not (dataset.root / "_errors.parquet").exists():
+            dataset.write_errors(state)
+        state.finish_run(
+            run_id,
+            processed=summary.processed,
+            failed=summary.failed,
+            deferred=summary.deferred,
+            exit_code=summary.exit_code,
+        )
+    except KeyboardInterrupt as e:
+        if state is not None and run_id is not None:
+            state.finish_run(
+                run_id,
+                processed=summary.processed,
+                failed=summary.failed,
+                deferred=summary.deferred,
+                exit_code=exit_code_for(e),
+            )
+        raise
+    except sqlite3.DatabaseError as e:
+        raise StateError(f"{dataset.state_dir / 'state.sqlite'}: unusable scan state ({e})") from e
+    finally:
+        if state is not None:
+            state.close()
+        lock.release()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _dry_run(
+    config: ScanConfig,
+    root: Path,
+    dataset: Dataset,
+    summary: ScanSummary,
+    tables: frozenset[str],
+    settings: dict[str, Any],
+    sig: str,
+    on_error: Callable[[str], None],
+) -> None:
+    """Plan without the lock, a repair or a write: the state is opened read-only."""
+    rows: list[FileRow] = []
+    known: dict[str, dict[str, Any]] = {}
+    if (dataset.state_dir / "state.sqlite").exists():
+        state = State(dataset.state_dir, read_only=True)
+        try:
+            rows, known = state.all_files(), state.settings()
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{state.path}: unusable scan state ({e})") from e
+        finally:
+            state.close()
+    check_options(dataset.root, rows, known, sig, settings, tables)
+    plan = make_plan(config, root, rows, tables, summary, on_error=on_error)
+    summary.failed = len(plan.failures)
+    summary.failures = [f.error for f in plan.failures]
+
+
+def _apply(
+    config: ScanConfig,
+    dataset: Dataset,
+    state: State,
+    plan: Plan,
+    run_id: int,
+    summary: ScanSummary,
+    on_error: Callable[[str], None],
+    lock: DatasetLock,
+    sig: str,
+    tables: frozenset[str],
+) -> None:
+    """Everything of the plan that needs no processing: failures, identities, renames."""
+    for f in plan.failures:
+        on_error(f.error)
+        summary.failed += 1
+        summary.failures.append(f.error)
+        if f.row is not None and f.row.status == "ok":
+            # Processed before: its rows stay valid; the problem is noted until it is over.
+            dataset.note_problem(state, f.row, f.error)
+            continue
+        row = {
+            "path": f.path, "size": f.stat.size if f.stat else -1,
+            "mtime_ns": f.stat.mtime_ns if f.stat else -1, "sha256": "", "status": "failed",
+            "error": f.error, "run_id": run_id, **identity_fields(f.stat),
+        }  # fmt: skip
+        dataset.commit(state, row=row, replace=(f.row.id,) if f.row is not None else ())
+    for row, st, prefix in plan.touched:
+        dataset.update_identity(state, row, st, prefix)
+        summary.touched += row.size != st.size or row.mtime_ns != st.mtime_ns
+    if plan.vanished:
+        dataset.mark_vanished(state, plan.vanished)
+    if plan.dropped:
+        dataset.drop(state, plan.dropped)
+    for old, new in plan.renames:
+        lock.activity(f"renaming {old.path}")
+        _rename(dataset, state, old, new, run_id)
+        summary.renamed += 1
+    # Said loudly when a table is being added (the scan that backfills), quietly after;
+    # ``status`` always lists such gaps.
+    level = logging.WARNING if any(w.reason == "backfill" for w in plan.work) else logging.INFO
+    for kind, n in plan.gaps.items():
+        log.log(
+            level,
+            "%d recording(s) whose files are gone or replaced have no %s parts; they "
+            "cannot be backfilled",
+            n,
+            kind,
+        )
+
+
+def _row(w: Work, run_id: int, **values: Any) -> dict[str, Any]:
+    return {
+        "path": str(w.media.path),
+        "size": w.stat.size,
+        "mtime_ns": w.stat.mtime_ns,
+        "sha256": w.sha256,
+        "run_id": run_id,
+        "prefix_sha256": w.prefix[0] if w.prefix else None,
+        "prefix_len": w.prefix[1] if w.prefix else None,
+        **identity_fields(w.stat),
+        **values,
+    }
+
+
+def _rename(dataset: Dataset, state: State, old: FileRow, new: Work, run_id: int) -> None:
+    """Rewrite a renamed file's parts with its new path as ``source``; no reprocessing."""
+    tables: dict[str, tuple[str, pa.Table, dict[str, Any]]] = {}
+    for rel in old.parts:
+        path = dataset.root / rel
+        table = pq.read_table(path, partitioning=None)
+        meta = json.loads((table.schema.metadata or {}).get(b"agr_batch", b"{}"))
+        kind = next((k for k, d in KIND_DIRS.items() if d and rel.startswith(d + "/")), "stats")
+        date = path.parent.name.removeprefix("date=")
+        source = pa.array([str(new.media.path)] * len(table), pa.string())
+        tables[kind] = (date, table.set_column(0, "source", source), meta)
+    moves = []
+    for kind, (date, table, meta) in tables.items():
+        moves += dataset.write_parts({kind: table}, date, meta)
+    row = _row(
+        new, run_id, status="ok", frames=old.frames, faces=old.faces, visitors=old.visitors,
+        tables=old.tables, options=old.options,
+    )  # fmt: skip
+    dataset.commit(state, row=row, moves=moves, replace=(old.id,))
+
+
+def _process(
+    config: ScanConfig,
+    dataset: Dataset,
+    state: State,
+    work: list[Work],
+    run_id: int,
+    summary: ScanSummary,
+    pipeline: Pipeline | None,
+    progress: Progress | None,
+    on_error: Callable[[str], None],
+    sig: str,
+    tables: frozenset[str],
+    lock: DatasetLock,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        if pipeline is None:
+            pipeline = create_pipeline(config)
+            stack.callback(pipeline.close)
+        info = pipeline.info()
+        summary.build_s = info.build_s
+        metadata = info.metadata(config)
+        by_path = {str(w.media.path): w for w in work}
+        state_rows = {r.id: r for r in state.all_files()}
+
+        def on_source(result: SourceResult) -> None:
+            w = by_path[result.item.source]
+            lock.activity(f"committing {w.media.path}")
+            if result.error is not None:
+                on_error(result.error)
+                summary.failed += 1
+                summary.failures.append(result.error)
+                if w.reason == "backfill":  # the rows it has stay; only the new table is missing
+                    dataset.note_problem(state, state_rows[w.replace[0]], result.error)
+                    return
+                row = _row(w, run_id, status="failed", error=result.error)
+                # A new recording under a reused name keeps the old one's rows even if it fails.
+                dataset.commit(state, row=row, replace=w.replace, retire=w.retire)
+                return
+            parts: dict[str, pa.Table] = {}
+            faces: list[pa.Table] = []
+            sink = ResultSink(
+                info.labels,
+                window_s=config.window_s,
+                faces=faces.append if config.write_faces else None,
+                keep_tracks=config.write_tracks,
+            )
+            sink.add(result)
+            stats = sink.stats(min_cell_count=config.min_cell_count)
+            summary.suppressed_faces += sink.suppressed.faces
+            if len(stats):
+                parts["stats"] = stats
+            if faces:
+                parts["faces"] = faces[0]
+            if config.write_tracks and result.tracks:
+                parts["tracks"] = sink.tracks()
+            moves = dataset.write_parts(parts, partition_date(result.start_time), metadata)
+            row = _row(
+                w, run_id, status="ok", frames=result.frames, faces=result.faces,
+                visitors=len(result.tracks), tables=sorted(tables), options=sig,
+            )  # fmt: skip
+            dataset.commit(state, row=row, moves=moves, replace=w.replace, retire=w.retire)
+            summary.processed += 1
+            summary.backfilled += w.reason == "backfill"
+            summary.faces += result.faces
+            summary.visitors += len(result.tracks)
+
+        pipeline.process([WorkItem(w.media) for w in work], on_source, progress)
