@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from agr_batch.config import RunConfig
-from agr_batch.pipeline.local import run
+from agr_batch.commands.run import run
 from tests import media
 
 

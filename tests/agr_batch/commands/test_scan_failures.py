@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from agr_batch.cli import main
 from agr_batch.commands.scan.state import DatasetLock
-from tests.agr_batch.test_scan import GROUP, _camera, _faces_by_source, _jpeg
+from tests.agr_batch.commands.test_scan import GROUP, _camera, _faces_by_source, _jpeg
 
 
 def _cli(*args: str, bound: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from agr_batch.config import ProcessingConfig
+from agr_batch.pipeline import WorkItem
 from agr_batch.pipeline.budget import ByteBudget
-from agr_batch.pipeline.local import Pipeline
+from agr_batch.pipeline.local import LocalPipeline
 from agr_batch.samples import photos_dir
 from agr_batch.stages.decode.media import discover
 
@@ -53,9 +54,10 @@ def test_pipeline_keeps_frame_bytes_in_flight_under_the_budget(
     config = ProcessingConfig(
         model=tiny_checkpoint, backend="eager", max_inflight_bytes=frames_in_flight * frame_bytes
     )
-    pipeline = Pipeline(config)
+    pipeline = LocalPipeline(config)
     faces: list[int] = []
-    pipeline.process(discover([folder]).media, lambda r: faces.append(r.faces))
+    items = [WorkItem(m) for m in discover([folder]).media]
+    pipeline.process(items, lambda r: faces.append(r.faces))
     assert faces == [6] * 6
     # Reservations really happened (the peak is what was reserved), within the budget.
     assert frame_bytes <= pipeline.inflight.peak <= frames_in_flight * frame_bytes

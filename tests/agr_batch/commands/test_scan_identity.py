@@ -18,7 +18,14 @@ from agr_batch.commands.scan.fileid import FileStat, birth_time_ns, file_stat
 from agr_batch.commands.scan.plan import same_recording
 from agr_batch.commands.scan.state import FileRow, State
 from agr_batch.storage.hashing import hash_file
-from tests.agr_batch.test_scan import GROUP, SINGLE, _camera, _config, _faces_by_source, _jpeg
+from tests.agr_batch.commands.test_scan import (
+    GROUP,
+    SINGLE,
+    _camera,
+    _config,
+    _faces_by_source,
+    _jpeg,
+)
 
 
 def _faces_rows(dataset) -> int:
