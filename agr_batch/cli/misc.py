@@ -17,12 +17,13 @@ __all__ = ["bench", "compile_engine", "info", "status"]
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info(checkpoint: str, as_json: bool) -> None:
     """Print a checkpoint's metadata, parameter count and GFLOPs per face."""
+    from agr_batch.checkpoint import CheckpointError
     from agr_batch.commands.info import checkpoint_info
 
     setup_logging(0, quiet=True)
     try:
         result = checkpoint_info(checkpoint)
-    except ValueError as e:  # a CheckpointError
+    except CheckpointError as e:
         fail(str(e))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
 

@@ -154,7 +154,8 @@ def discover(inputs: Sequence[str | os.PathLike[str]]) -> Discovery:
         else:
             missing.append(root)
     if skipped:
-        logger.info("skipped %d file(s) that are not images or videos", len(skipped))
+        # The summaries of run and scan count them; the paths are in Discovery.skipped.
+        logger.debug("skipped %d file(s) that are not images or videos", len(skipped))
     return Discovery(tuple(media), tuple(skipped), tuple(missing), tuple(errors))
 
 

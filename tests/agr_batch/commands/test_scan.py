@@ -151,9 +151,15 @@ def test_failed_files_are_recorded_and_retried_on_request(tmp_path, tiny_checkpo
     assert _faces_by_source(ds) == expected
     errors_table = pads.dataset(ds / "_errors.parquet").to_table().to_pylist()
     assert [r["path"] for r in errors_table] == [str(bad)]
-    assert scan(_config(root, ds, tiny_checkpoint)).exit_code == 0  # unchanged: not retried
+    # Unchanged, so not retried; nothing failed in this scan, but the file still fails: the
+    # exit code says so (cron must not read it as all good), with its own code.
+    later = scan(_config(root, ds, tiny_checkpoint))
+    assert (later.failed, later.still_failing, later.exit_code) == (0, 1, 4)
+    assert "0 failed, 1 still failing from earlier scans" in later.line()
     again = scan(_config(root, ds, tiny_checkpoint, retry_failed=True))
     assert again.failed == 1 and again.exit_code == 1
+    bad.unlink()
+    assert scan(_config(root, ds, tiny_checkpoint)).exit_code == 0  # the failure is gone
 
 
 def test_dry_run_changes_nothing(tmp_path, tiny_checkpoint):

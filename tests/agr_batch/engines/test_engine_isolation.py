@@ -27,7 +27,7 @@ from agr_batch.engines import EngineBuildError, EngineCache, engine_for_checkpoi
 from agr_batch.engines.base import cache_fields
 from tests import media
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CPU = torch.device("cpu")
 
 SITE = """
