@@ -25,8 +25,8 @@ import torch
 
 from agr_batch.checkpoint import load_checkpoint
 from agr_batch.commands.bench import checkpoint_for
-from agr_batch.config import RunConfig
 from agr_batch.commands.run import run
+from agr_batch.config import RunConfig
 from agr_batch.samples import write_scene_video
 from agr_batch.stages.align import align_faces
 from agr_batch.stages.classify import Classifier

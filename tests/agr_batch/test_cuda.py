@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from agr_batch.checkpoint import load_checkpoint
+from agr_batch.commands.run import run
 from agr_batch.config import RunConfig
 from agr_batch.engines import EngineBuildError, engine_for_checkpoint, tensorrt_available
-from agr_batch.commands.run import run
 from tests.conftest import CUDA_TESTS_DEVICE
 
 pytestmark = pytest.mark.cuda

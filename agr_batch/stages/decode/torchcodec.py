@@ -5,7 +5,8 @@ for the detector. Which frames are sampled, their ``time_s``, ``frame_index`` an
 source's ``start_time`` come from PyAV's header parse and the shared
 :class:`~agr_batch.stages.decode.video.Sampler`, exactly as for the PyAV decoder: the
 packets' timestamps are read without decoding, so both decoders take the same frames and
-give them the same times. The display rotation is applied as PyAV's path applies it.
+give them the same times. Videos with a display rotation are decoded by PyAV (TorchCodec
+versions differ in whether they apply it), so they come out upright either way.
 
 TorchCodec is optional and not a dependency: install ``torchcodec`` matching your torch on a
 CUDA machine.
@@ -30,6 +31,7 @@ from agr_batch.stages.decode.video import (
     ffmpeg_reason,
     open_container,
     stream_facts,
+    video_frames,
 )
 
 __all__ = [
@@ -82,7 +84,8 @@ def _frame_times(path: Path) -> tuple[StreamFacts, list[float]]:
     with open_container(path) as container:
         if not container.streams.video:
             raise SourceError(path, "no video stream")
-        facts = stream_facts(path, container)
+        facts = stream_facts(path, container)  # decodes the first frame: read packets anew
+    with open_container(path) as container:
         stream = container.streams.video[0]
         pts: list[int | None] = []
         try:
@@ -129,6 +132,9 @@ def torchcodec_frames(
     """
     path = Path(path)
     facts, times = _frame_times(path)
+    if facts.rotation:
+        yield from video_frames(path, sample_fps=sample_fps, start=start, end=end)
+        return
     sampler = Sampler(sample_fps, rate=facts.rate, start=start, end=end)
     taken: list[int] = []
     for index, t in enumerate(times):
@@ -143,7 +149,6 @@ def torchcodec_frames(
         dec = (factory or _default_factory)(path, device)
     except Exception as e:  # torchcodec raises RuntimeError/ValueError for bad files
         raise SourceError(path, f"TorchCodec cannot open it ({_reason(e)})") from None
-    quarter = round(facts.rotation / 90) % 4
     for i in range(0, len(taken), chunk):
         indices = taken[i : i + chunk]
         try:
@@ -153,9 +158,6 @@ def torchcodec_frames(
             at = times[indices[0]]
             raise SourceError(path, f"TorchCodec failed at {at:.2f} s ({_reason(e)})") from None
         for index, image in zip(indices, images, strict=True):
-            if quarter:
-                # Display rotation is counter-clockwise, as is np.rot90 on (H, W).
-                image = np.rot90(image, quarter)
             yield Frame(
                 str(path), index, times[index], np.ascontiguousarray(image), facts.start_time
             )

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from agr_batch.cli import main
-from agr_batch.config import RunConfig
 from agr_batch.commands.run import run
+from agr_batch.config import RunConfig
 from agr_batch.samples import photos_dir
 from agr_batch.storage.sinks import read_metadata
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from agr_batch.config import RunConfig
 from agr_batch.commands.run import run
+from agr_batch.config import RunConfig
 from tests import media
 
 
