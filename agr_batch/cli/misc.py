@@ -99,10 +99,10 @@ def compile_engine(
             batch_size=batch_size,
             cache_dir=cache_dir,
         )
-    except ValueError as e:
-        fail(str(e))
-    except config_errors() as e:
-        fail(str(e))
+    except Exception as e:
+        if isinstance(e, (ValueError, *config_errors())):
+            fail(str(e))
+        raise
     if "path" in engine.details:
         click.echo(engine.details["path"])
     else:
@@ -177,8 +177,8 @@ def bench(
             classifier=only != "pipeline",
             pipeline=only != "classifier",
         )
-    except ValueError as e:
-        fail(str(e))
-    except config_errors() as e:
-        fail(str(e))
+    except Exception as e:
+        if isinstance(e, (ValueError, *config_errors())):
+            fail(str(e))
+        raise
     click.echo(text)

@@ -164,10 +164,8 @@ def executor(opts: dict[str, Any]) -> str:
 
 def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     """Turn the shared options into :class:`agr_batch.config.ProcessingConfig` keywords."""
-    from agr_batch.config import DetectorConfig
+    from agr_batch.config import DetectorConfig, TrackerConfig, VoteConfig
     from agr_batch.limits import MAX_SEGMENT_S, check_number
-    from agr_batch.stages.track import TrackerConfig
-    from agr_batch.stages.vote import VoteConfig
 
     if not opts.get("model"):
         fail(NO_MODEL_HELP)

@@ -45,7 +45,6 @@ def run(
     **opts: Any,
 ) -> None:
     """Detect and classify faces in videos, images and folders; write Parquet statistics."""
-    from agr_batch.commands.run import run as run_command
     from agr_batch.config import RunConfig
     from agr_batch.signals import exit_code_for, terminate_as_interrupt
 
@@ -61,6 +60,8 @@ def run(
                 sequence=sequence,
                 **processing_kwargs(opts),
             )
+            from agr_batch.commands.run import run as run_command  # after the usage checks
+
             pipeline = make_pipeline(config, opts)
             try:
                 summary = run_command(
@@ -68,15 +69,17 @@ def run(
                 )
             finally:
                 pipeline.close()
-    except ValueError as e:  # before config_errors(): a usage error must not import torch
-        _not_done(e)
-    except config_errors() as e:
+    except ValueError as e:
         _not_done(e)
     except KeyboardInterrupt as e:
         log_result("run: interrupted")
         if getattr(e, "after_commit", False):
             fail("interrupted after the outputs were written", exit_code_for(e))
         fail("interrupted; nothing was written under the output names", exit_code_for(e))
+    except Exception as e:  # config_errors() imports torch: not for usage errors and exits
+        if isinstance(e, config_errors()):
+            _not_done(e)
+        raise
     log_result(summary.line())
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))

@@ -120,15 +120,17 @@ def scan(
         not_done(str(e), EXIT_LOCKED)
     except StateError as e:
         not_done(str(e))
-    except ValueError as e:  # before config_errors(): a usage error must not import torch
-        not_done(str(e))
-    except config_errors() as e:
+    except ValueError as e:
         not_done(str(e))
     except KeyboardInterrupt as e:
         log_result("scan: interrupted")
         fail("interrupted; every file committed before is kept", exit_code_for(e))
     except OSError as e:  # the dataset folder cannot be created or written
         not_done(f"{e.filename or dataset}: {e.strerror or e}")
+    except Exception as e:  # config_errors() imports torch: not for usage errors and exits
+        if isinstance(e, config_errors()):
+            not_done(str(e))
+        raise
     log_result(summary.line())
     if dry_run and not as_json:
         for line in summary.plan:

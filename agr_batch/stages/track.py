@@ -26,45 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agr_batch.limits import MAX_GAP_S, check_number
-
-
-@dataclass(frozen=True)
-class TrackerConfig:
-    """Association thresholds.
-
-    Attributes:
-        high_score: Detections at or above this score are associated first.
-        min_similarity: Lowest similarity accepted as a match.
-        max_gap_s: Seconds a track may go unmatched before it ends.
-        center_gate: Centre distance, in face sizes, within which non-overlapping boxes may
-            still match (similarity falls linearly to 0 at the gate).
-        velocity_smoothing: Weight of the newest velocity measurement (exponential average).
-        gate_reference_s: Gap at which the centre gate is ``center_gate``; longer gaps
-            widen it by the square root of their ratio to this.
-        gap_samples: A track survives at least this many sampling intervals unseen (so one
-            missed detection between two sparse samples does not split it).
-        interval_window: Frames over which the sampling interval's median is taken.
-    """
-
-    high_score: float = 0.6
-    min_similarity: float = 0.1
-    max_gap_s: float = 3.0
-    center_gate: float = 2.0
-    velocity_smoothing: float = 0.5
-    gate_reference_s: float = 0.5
-    gap_samples: float = 2.5
-    interval_window: int = 16
-
-    def __post_init__(self) -> None:
-        check_number("--max-gap", self.max_gap_s, low=0, high=MAX_GAP_S, low_open=True, unit="s")
-        check_number("high_score", self.high_score, low=0.0, high=1.0)
-        check_number("min_similarity", self.min_similarity, low=0, high=1, low_open=True)
-        check_number("velocity_smoothing", self.velocity_smoothing, low=0, high=1, low_open=True)
-        check_number("center_gate", self.center_gate, low=0, high=100, low_open=True)
-        check_number("gate_reference_s", self.gate_reference_s, low=0, high=1e6, low_open=True)
-        check_number("gap_samples", self.gap_samples, low=0, high=1000)
-        check_number("interval_window", self.interval_window, low=1, high=10_000, integer=True)
+from agr_batch.config import TrackerConfig
 
 
 @dataclass

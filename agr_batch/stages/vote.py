@@ -18,34 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from agr_batch.config import VoteConfig
 from agr_batch.labels import HEADS
-from agr_batch.limits import MAX_BEST_K, MAX_REFRESH_EVERY, check_number
 from agr_batch.records import Predictions, TrackResult
 
 Classify = Callable[[Any], Predictions]
 """Classifies a batch of chips: (N, H, W, 3) uint8 host chips, or an (N, 3, H, W) normalised
 tensor of device chips."""
-
-
-@dataclass(frozen=True)
-class VoteConfig:
-    """Which faces of a track are classified.
-
-    Attributes:
-        best_k: Best faces (by quality) classified per track.
-        refresh_every: A fresh face is classified each time the track grows by this many faces.
-        per_face: Classify every face and keep per-face labels (no voting).
-    """
-
-    best_k: int = 3
-    refresh_every: int = 20
-    per_face: bool = False
-
-    def __post_init__(self) -> None:
-        check_number("--best-k", self.best_k, low=1, high=MAX_BEST_K, integer=True)
-        check_number(
-            "--refresh-every", self.refresh_every, low=1, high=MAX_REFRESH_EVERY, integer=True
-        )
 
 
 def face_quality(chip: np.ndarray, box: np.ndarray, score: float, chip_side: int) -> float:

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agr_batch.checkpoint import CheckpointError
 from agr_batch.commands.scan.fileid import FileStat, file_stat
 from agr_batch.commands.scan.state import FileRow, covered
 from agr_batch.stages.decode.media import MediaFile, discover
@@ -139,6 +138,8 @@ def table_settings(config: ScanConfig) -> dict[str, Any]:
     try:
         model_sha = sha256_file(config.model)
     except OSError as e:
+        from agr_batch.checkpoint import CheckpointError  # torch: only on this error
+
         raise CheckpointError(
             f"{config.model}: cannot read the checkpoint ({e.strerror})"
         ) from None

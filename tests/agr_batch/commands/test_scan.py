@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agr_batch.cli import main
-from agr_batch.commands.scan import Dataset, ScanConfig, scan
+from agr_batch.commands.scan import ScanConfig, scan
+from agr_batch.commands.scan.dataset import Dataset
 from agr_batch.commands.scan.fileid import birth_time_ns
 from agr_batch.commands.scan.state import DatasetLock, State
 from agr_batch.samples import photo
