@@ -35,7 +35,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def echo_error(message: str) -> None:
     """One failed input: one line on stderr (and in the log file, when there is one)."""
     click.echo(f"agr-batch: {message}", err=True)
-    logging.getLogger(RESULT_LOGGER).log(_FILE_ONLY, "%s", message)
+    logging.getLogger(RESULT_LOGGER).error("%s", message, extra=_FILE_ONLY)
 
 
 def config_errors() -> tuple[type[BaseException], ...]:
@@ -48,9 +48,8 @@ def config_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, RegistryError, ValueError, BackendUnavailableError, DetectorError)
 
 
-# Records at this level reach the log file only (errors also get their own stderr line).
-_FILE_ONLY = logging.ERROR + 1
-logging.addLevelName(_FILE_ONLY, "ERROR")
+# Records marked so reach the log file only (errors have their own stderr line already).
+_FILE_ONLY = {"agr_batch_file_only": True}
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -69,7 +68,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def filter(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         """Everything but the records meant for the log file alone."""
-        return record.levelno != _FILE_ONLY and super().filter(record)
+        return not getattr(record, "agr_batch_file_only", False) and super().filter(record)
 
 
 class _FileHandler(logging.FileHandler):
@@ -117,7 +116,7 @@ def setup_logging(
 
 def log_result(line: str) -> None:
     """The run's one-line summary, for the log file (never on stderr)."""
-    logging.getLogger(RESULT_LOGGER).log(_FILE_ONLY, "%s", line)
+    logging.getLogger(RESULT_LOGGER).info("%s", line, extra=_FILE_ONLY)
 
 
 def _adopt(module: ModuleType) -> None:
