@@ -267,3 +267,27 @@ def test_sequence_tracks_people_across_a_folder_of_snapshots(tmp_path, tiny_chec
     t = pq.read_table(tracks).to_pandas()
     assert set(t.source) == {str(folder)}
     assert t.dwell_s.tolist() == pytest.approx([4.0] * 6)
+
+
+def test_faces_and_tracks_tables_are_sorted(scene_video, tiny_checkpoint, tmp_path):
+    # Inputs given out of order, with ties at t = 0 (six people appear together).
+    photo = tmp_path / "a_group.jpg"
+    shutil.copy(photos_dir() / "t1.jpg", photo)
+    config = RunConfig(
+        inputs=(str(scene_video.path), str(photo)),
+        out=tmp_path / "s.parquet",
+        faces_out=tmp_path / "f.parquet",
+        tracks_out=tmp_path / "t.parquet",
+        model=tiny_checkpoint,
+        backend="eager",
+    )
+    run(config)
+    faces = pq.read_table(config.faces_out).to_pandas()
+    keys = ["source", "time_s", "x1"]
+    assert faces[keys].equals(faces.sort_values(keys)[keys].reset_index(drop=True))
+    assert list(faces.source.unique()) == sorted({str(photo), str(scene_video.path)})
+    assert faces.groupby("source").time_s.apply(lambda t: t.is_monotonic_increasing).all()
+    tracks = pq.read_table(config.tracks_out).to_pandas()
+    keys = ["source", "first_time_s"]
+    assert tracks[keys].equals(tracks.sort_values(keys)[keys].reset_index(drop=True))
+    assert len(tracks) == 12 and len(faces) == 6 * 12 + 6
