@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from agr_batch.pipeline.progress import Progress
 from agr_batch.pipeline.work import ImageSequence, Media, WorkItem
@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from agr_batch.records import TrackResult
 
 __all__ = [
+    "Executor",
     "ImageSequence",
     "Media",
+    "OnSource",
     "Pipeline",
     "PipelineInfo",
     "ProcessStats",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 Executor = Literal["local", "ray"]
+OnSource = Callable[["SourceResult"], None]
+"""Called with each work item's result, on the thread that called ``process``."""
 
 
 @dataclass
@@ -145,17 +149,16 @@ class PipelineInfo:
 
 
 class Pipeline(Protocol):
-    """An executor of the chain (local threads, or a Ray actor pool)."""
+    """An executor of the chain (local threads, or a Ray actor pool); a context manager that
+    closes it.
+    """  # noqa: D205
 
     def info(self) -> PipelineInfo:
         """Load the models if needed, and describe what was resolved."""
         ...
 
     def process(
-        self,
-        items: Sequence[WorkItem],
-        on_source: Callable[[SourceResult], None],
-        progress: Progress | None = None,
+        self, items: Sequence[WorkItem], on_source: OnSource, progress: Progress | None = None
     ) -> ProcessStats:
         """Process ``items``; call ``on_source`` on this thread once per item, when done."""
         ...
@@ -163,6 +166,12 @@ class Pipeline(Protocol):
     def close(self) -> None:
         """Release the models, threads or workers."""
         ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def create_pipeline(

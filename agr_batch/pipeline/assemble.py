@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agr_batch.pipeline import SourceResult, StageTimes
+from agr_batch.pipeline import OnSource, SourceResult, StageTimes
 from agr_batch.pipeline.faces import FaceBatch
 from agr_batch.pipeline.work import WorkItem
 from agr_batch.records import Predictions, TrackResult
@@ -56,7 +56,7 @@ class SourceAssembler:
         batch_size: int,
         chip_side: int,
         times: StageTimes,
-        on_source: Callable[[SourceResult], None],
+        on_source: OnSource,
     ) -> None:
         self._classify_chips = classify
         self.times = times

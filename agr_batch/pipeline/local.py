@@ -14,18 +14,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agr_batch.config import ProcessingConfig
-from agr_batch.pipeline import PipelineInfo, ProcessStats, SourceResult, StageTimes
+from agr_batch.pipeline import Pipeline, PipelineInfo, ProcessStats, StageTimes
 from agr_batch.pipeline.budget import ByteBudget
 from agr_batch.pipeline.progress import Progress
 from agr_batch.pipeline.work import WorkItem
 
 if TYPE_CHECKING:
     from agr_batch.checkpoint import Checkpoint
+    from agr_batch.pipeline import OnSource, SourceResult
     from agr_batch.stages.classify import Classifier
     from agr_batch.stages.detect import Detector
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LocalPipeline"]
 
 
-class LocalPipeline:
+class LocalPipeline(Pipeline):
     """The chain on threads in this process; models load on first use, once.
 
     One instance serves any number of :meth:`process` calls (``run``, ``scan``, a Ray
@@ -50,12 +51,6 @@ class LocalPipeline:
         self.threads = threads
         self.inflight = ByteBudget(config.max_inflight_bytes)  # the last process() call's
         self._loaded: _Loaded | None = None
-
-    def __enter__(self) -> LocalPipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _load(self) -> _Loaded:
         if self._loaded is None:
@@ -73,10 +68,7 @@ class LocalPipeline:
         return self._load().info
 
     def process(
-        self,
-        items: Sequence[WorkItem],
-        on_source: Callable[[SourceResult], None],
-        progress: Progress | None = None,
+        self, items: Sequence[WorkItem], on_source: OnSource, progress: Progress | None = None
     ) -> ProcessStats:
         """Decode, detect, track and classify ``items``; call ``on_source`` per finished item.
 

@@ -18,7 +18,7 @@ from trainer.evaluation import evaluate_checkpoint
 from trainer.fit import FitConfig, FitError, fit
 from trainer.hooks import METRIC_COLUMNS, EarlyStoppingHook, EpochRecord, Hook, TrainState
 
-# Twice chance per head (gender: the 0.75).
+# Twice chance per head (gender: 0.75).
 THRESHOLDS = {"age": 2 / 9, "race": 2 / 7, "gender": 0.75}
 
 

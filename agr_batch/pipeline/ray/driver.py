@@ -11,12 +11,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from agr_batch.config import ProcessingConfig
-from agr_batch.pipeline import PipelineInfo, ProcessStats, SourceResult, StageTimes
+from agr_batch.pipeline import (
+    OnSource,
+    Pipeline,
+    PipelineInfo,
+    ProcessStats,
+    SourceResult,
+    StageTimes,
+)
 from agr_batch.pipeline.progress import Progress
 from agr_batch.pipeline.ray.plan import Task, plan_tasks
 from agr_batch.pipeline.ray.pool import (
@@ -52,7 +59,7 @@ def _absolute(config: ProcessingConfig) -> ProcessingConfig:
     )
 
 
-class RayPipeline:
+class RayPipeline(Pipeline):
     """A :class:`~agr_batch.pipeline.Pipeline` that runs on a pool of Ray actors.
 
     Each actor holds a :class:`~agr_batch.pipeline.local.LocalPipeline`. The actors start on
@@ -75,12 +82,6 @@ class RayPipeline:
         self._pool: ActorPool | None = None
         self._ready: WorkerReady | None = None
         self._plan: PoolPlan | None = None
-
-    def __enter__(self) -> RayPipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def start(self) -> None:
         """Connect to the cluster, start the actors and wait until one has loaded the model.
@@ -144,10 +145,7 @@ class RayPipeline:
         return dataclasses.replace(self._ready.info, extra=extra)
 
     def process(
-        self,
-        items: Sequence[WorkItem],
-        on_source: Callable[[SourceResult], None],
-        progress: Progress | None = None,
+        self, items: Sequence[WorkItem], on_source: OnSource, progress: Progress | None = None
     ) -> ProcessStats:
         """Process ``items`` on the pool; call ``on_source`` once per item, on this thread.
 
@@ -162,7 +160,7 @@ class RayPipeline:
         assert self._pool is not None
         items = list(items)
         tasks = plan_tasks(items, self.config, self.options)
-        join = _Join(items, tasks, per_face=self.config.vote.per_face, deliver=on_source)
+        join = _Join(items, tasks, self.config.vote.per_face, on_source)
         times = StageTimes()
         classified = 0
         if progress is not None:
@@ -197,22 +195,27 @@ class _Pending:
     duration_s: float | None = None
 
 
+@dataclass
 class _Join:
-    """Collects task results into per-item results (stitching segments) and hands them on."""
+    """Collects task results into per-item results (stitching segments) and hands them on.
 
-    def __init__(
-        self,
-        items: list[WorkItem],
-        tasks: list[Task],
-        *,
-        per_face: bool,
-        deliver: Callable[[SourceResult], None],
-    ) -> None:
-        self.items = items
-        self.per_face = per_face
-        self.deliver = deliver
-        self.on_done: Callable[[WorkItem], None] | None = None
-        self.pending: dict[int, _Pending] = {i: _Pending() for i in range(len(items))}
+    Attributes:
+        items: The items as the caller gave them.
+        tasks: Their tasks (which items were cut into how many segments).
+        per_face: Faces keep their own predictions (``--per-face``).
+        deliver: Called with each item's complete result.
+        on_done: Called with each item once delivered (progress).
+    """
+
+    items: list[WorkItem]
+    tasks: InitVar[list[Task]]
+    per_face: bool
+    deliver: OnSource
+    on_done: Callable[[WorkItem], None] | None = None
+    pending: dict[int, _Pending] = field(init=False)
+
+    def __post_init__(self, tasks: list[Task]) -> None:
+        self.pending = {i: _Pending() for i in range(len(self.items))}
         for t in tasks:
             if t.segment is not None:
                 self.pending[t.positions[0]].count = t.segment.count
