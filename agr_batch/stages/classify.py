@@ -44,7 +44,6 @@ class Classifier:
         self.batch_size = batch_size
         self.model = checkpoint.model.to(self.device).eval()
         self.forward: Forward = forward or self.model
-        self.faces_seen = 0
 
     def _input(self, chips: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The model input of a batch of chips, on the model's device."""
@@ -89,7 +88,6 @@ class Classifier:
             for head in out:
                 probs = torch.softmax(getattr(logits, head).float(), dim=1)
                 out[head].append(probs.cpu().numpy())
-        self.faces_seen += n
         if n == 0:
             return Predictions(
                 np.zeros((0, 9), np.float32),

@@ -25,10 +25,7 @@ from agr_batch.stages.detect.base import (
 from agr_batch.stages.detect.centerface import CenterFace
 from agr_batch.stages.detect.scrfd import SCRFD
 
-DEFAULT_DETECTOR = "centerface"
-
 __all__ = [
-    "DEFAULT_DETECTOR",
     "DETECTORS",
     "SCRFD",
     "CenterFace",
