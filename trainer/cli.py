@@ -100,7 +100,13 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option(
     "--size", default=224, show_default=True, type=click.IntRange(min=32), help="Image side (px)."
 )
-def synth(out: str, n: int, seed: int, size: int) -> None:
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Progress bar on stderr (when it is a terminal).",
+)
+def synth(out: str, n: int, seed: int, size: int, progress: bool) -> None:
     """Write a synthetic FairFace-layout data set of drawn faces. TEST DATA ONLY.
 
     The faces are cartoons whose colours and shapes encode the labels (race: skin and hair
@@ -110,7 +116,7 @@ def synth(out: str, n: int, seed: int, size: int) -> None:
     """
     from trainer.synth import make_dataset
 
-    summary = make_dataset(out, n, seed=seed, size=size)
+    summary = make_dataset(out, n, seed=seed, size=size, progress=progress and sys.stderr.isatty())
     click.echo(str(summary.root))
 
 

@@ -1,6 +1,7 @@
-"""The options ``run`` and ``scan`` share, and what they become: a processing configuration
-and an executor.
-"""  # noqa: D205
+"""The options ``run`` and ``scan`` share, and what they become.
+
+A processing configuration, an executor (local or Ray) and, on a terminal, progress bars.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from agr_batch.cli.common import fail
+from agr_batch.cli.common import echo_error, fail
 
 if TYPE_CHECKING:
+    from agr_batch.config import ProcessingConfig
     from agr_batch.pipeline import Pipeline
     from agr_batch.pipeline.progress import Progress
 
@@ -24,7 +26,10 @@ __all__ = [
     "processing_kwargs",
     "processing_options",
     "progress_for",
+    "with_pipeline",
 ]
+
+T = TypeVar("T")
 
 NO_MODEL_HELP = (
     "no model given: pass --model CKPT or set AGR_MODEL. Train one on FairFace with "
@@ -201,7 +206,23 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_pipeline(config: Any, opts: dict[str, Any]) -> Pipeline:
+def with_pipeline(command: Callable[..., T], config: ProcessingConfig, opts: dict[str, Any]) -> T:
+    """Call ``command`` with the pipeline and progress bars the options ask for; close both.
+
+    ``command`` is called as ``command(config, pipeline=..., progress=..., on_error=...)``,
+    each failed input reported in one line on stderr.
+    """
+    pipeline = make_pipeline(config, opts)
+    progress = progress_for(opts)
+    try:
+        return command(config, pipeline=pipeline, progress=progress, on_error=echo_error)
+    finally:
+        if progress is not None:
+            progress.close()
+        pipeline.close()
+
+
+def make_pipeline(config: ProcessingConfig, opts: dict[str, Any]) -> Pipeline:
     """The pipeline the options ask for (its models load on first use).
 
     Raises:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agr_batch.cli.common import config_errors, echo_error, fail, log_result, setup_logging
-from agr_batch.cli.options import make_pipeline, processing_kwargs, processing_options, progress_for
+from agr_batch.cli.common import config_errors, fail, log_result, setup_logging
+from agr_batch.cli.options import processing_kwargs, processing_options, with_pipeline
 from agr_batch.exitcodes import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
@@ -62,13 +62,7 @@ def run(
             )
             from agr_batch.commands.run import run as run_command  # after the usage checks
 
-            pipeline = make_pipeline(config, opts)
-            try:
-                summary = run_command(
-                    config, pipeline=pipeline, progress=progress_for(opts), on_error=echo_error
-                )
-            finally:
-                pipeline.close()
+            summary = with_pipeline(run_command, config, opts)
     except ValueError as e:
         _not_done(e)
     except KeyboardInterrupt as e:

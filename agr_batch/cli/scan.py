@@ -9,8 +9,8 @@ from typing import Any, NoReturn
 
 import click
 
-from agr_batch.cli.common import config_errors, echo_error, fail, log_result, setup_logging
-from agr_batch.cli.options import make_pipeline, processing_kwargs, processing_options, progress_for
+from agr_batch.cli.common import config_errors, fail, log_result, setup_logging
+from agr_batch.cli.options import processing_kwargs, processing_options, with_pipeline
 from agr_batch.exitcodes import EXIT_LOCKED
 
 __all__ = ["scan"]
@@ -109,13 +109,7 @@ def scan(
             )
             if not Path(root).exists():
                 fail(f"{root}: no such folder")
-            pipeline = make_pipeline(config, opts)
-            try:
-                summary = scan_command(
-                    config, pipeline=pipeline, progress=progress_for(opts), on_error=echo_error
-                )
-            finally:
-                pipeline.close()
+            summary = with_pipeline(scan_command, config, opts)
     except LockedError as e:
         not_done(str(e), EXIT_LOCKED)
     except StateError as e:

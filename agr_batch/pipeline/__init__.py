@@ -149,9 +149,10 @@ class PipelineInfo:
 
 
 class Pipeline(Protocol):
-    """An executor of the chain (local threads, or a Ray actor pool); a context manager that
-    closes it.
-    """  # noqa: D205
+    """An executor of the chain: local threads, or a Ray actor pool.
+
+    Executors subclass it for its context manager: leaving a ``with`` block closes them.
+    """
 
     def info(self) -> PipelineInfo:
         """Load the models if needed, and describe what was resolved."""

@@ -155,9 +155,9 @@ def decode_worker(
             error: str | None = None
             try:
                 opened = open_frames(item, config, decoder)
-            except SourceError as e:
+            except Exception as e:  # probing failed: the item fails, the batch goes on
                 _put(out, ItemStart(key, item, None), stop)
-                _put(out, ItemEnd(key, None, str(e)), stop)
+                _put(out, ItemEnd(key, None, _decode_error(item, e)), stop)
                 continue
             _put(out, ItemStart(key, item, opened.expected_frames), stop)
             try:
@@ -165,12 +165,10 @@ def decode_worker(
                     if not budget.acquire(frame.image.nbytes, stop):
                         raise _CancelledError
                     _put(out, FrameOf(key, frame), stop)
-            except SourceError as e:
-                error = str(e)
             except _CancelledError:
                 raise
-            except Exception as e:  # a decoder bug must not stop the batch
-                error = f"{item.source}: cannot decode ({type(e).__name__}: {e})".splitlines()[0]
+            except Exception as e:
+                error = _decode_error(item, e)
             if opened.problems and error is None:
                 more = len(opened.problems) - 1
                 error = opened.problems[0] + (f" (and {more} more in the sequence)" if more else "")
@@ -181,6 +179,13 @@ def decode_worker(
     except BaseException as e:
         stop.set()
         out.put(Crashed("decode", e))
+
+
+def _decode_error(item: WorkItem, e: Exception) -> str:
+    """One line: a :class:`SourceError` says it all; a decoder bug must not stop the batch."""
+    if isinstance(e, SourceError):
+        return str(e)
+    return f"{item.source}: cannot decode ({type(e).__name__}: {e})".splitlines()[0]
 
 
 def face_worker(

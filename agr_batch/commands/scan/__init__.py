@@ -111,9 +111,11 @@ class ScanSummary:
 
     @property
     def exit_code(self) -> int:
-        """1 when files failed in this scan, 4 when none did but files that failed in
-        earlier scans still fail (unchanged, not retried), else 0.
-        """  # noqa: D205
+        """The exit code: 1, 4 or 0 (:mod:`agr_batch.exitcodes`).
+
+        1 when files failed in this scan, 4 when none did but files that failed in earlier
+        scans still fail (unchanged, not retried), else 0.
+        """
         if self.failed:
             return EXIT_FAILED
         return EXIT_STILL_FAILING if self.still_failing else EXIT_OK

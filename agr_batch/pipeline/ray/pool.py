@@ -261,9 +261,10 @@ class ActorPool:
         self._ray.kill(actor)
 
     def run(self, tasks: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
-        """Run ``tasks`` in order, one in flight per actor; yield ``(task, result)`` as each
-        finishes, ``result`` being the exception when the task failed.
-        """  # noqa: D205
+        """Run ``tasks`` in order, one in flight per actor; yield ``(task, result)`` as each ends.
+
+        ``result`` is the exception when the task failed.
+        """
         ray = self._ray
         pending = deque(tasks)
         inflight: dict[Any, tuple[Any, Any]] = {}

@@ -83,9 +83,11 @@ def test_dangling_link_and_unreadable_file_are_counted_failures(tmp_path, tiny_c
     st = _status(ds)
     assert st["files_failed"] == 2 and st["files_ok"] == 1
     assert st["last_run"]["failed"] == 2 and st["last_run"]["exit_code"] == 1
-    # Counted once: an unchanged failure is not reported again ...
+    # Counted once: an unchanged failure is not reported again, but the exit code (4) says
+    # that files still fail ...
     again = _cli(*_scan_args(root, ds, model), bound=True)
-    assert again.returncode == 0 and again.stderr.count("error") == 0, again.stderr
+    assert again.returncode == 4 and again.stderr.count("error") == 0, again.stderr
+    assert "2 still failing from earlier scans" in again.stderr
     # ... and retried once fixed (a chmod changes the file's ctime).
     secret.chmod(0o644)
     (root / "cam1" / "dangling.jpg").unlink()
