@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from agr_batch.pipeline import OnSource, SourceResult
     from agr_batch.stages.classify import Classifier
     from agr_batch.stages.detect import Detector
+    from agr_batch.stages.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ class _Loaded:
     info: PipelineInfo
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> PreprocessSpec:
+        """The checkpoint's preprocessing (chip size, alignment)."""
         return self.checkpoint.meta.preprocess
 
     @classmethod
