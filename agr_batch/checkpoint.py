@@ -26,7 +26,8 @@ from agr_batch import __version__
 from agr_batch.labels import HEADS, VOCABULARIES
 from agr_batch.models import create_model
 from agr_batch.models.registry import RegistryError
-from agr_batch.preprocess import PreprocessSpec
+from agr_batch.stages.preprocess import PreprocessSpec
+from agr_batch.storage.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +148,6 @@ def weights_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
         t = state_dict[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes (the key compiled-engine caches use)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -315,4 +307,4 @@ def load_checkpoint(
             meta.preprocess.input_size,
         )
     model.eval().to(device)
-    return Checkpoint(path=path, meta=meta, model=model, file_sha256=file_sha256(path))
+    return Checkpoint(path=path, meta=meta, model=model, file_sha256=sha256_file(path))

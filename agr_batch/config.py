@@ -1,4 +1,9 @@
-"""The resolved configuration of a run, recorded in every output's metadata."""
+"""The configuration of a run, recorded in every output's metadata.
+
+Every stage's options live here (detector, tracker, voting, processing), so a configuration
+can be built and checked without loading any stage: the command line answers usage errors
+at once.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,66 @@ from pathlib import Path
 from typing import Any
 
 from agr_batch import __version__, limits
-from agr_batch.limits import check_number
-from agr_batch.track import TrackerConfig
-from agr_batch.vote import VoteConfig
+from agr_batch.limits import MAX_BEST_K, MAX_GAP_S, MAX_REFRESH_EVERY, check_number
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Association thresholds.
+
+    Attributes:
+        high_score: Detections at or above this score are associated first.
+        min_similarity: Lowest similarity accepted as a match.
+        max_gap_s: Seconds a track may go unmatched before it ends.
+        center_gate: Centre distance, in face sizes, within which non-overlapping boxes may
+            still match (similarity falls linearly to 0 at the gate).
+        velocity_smoothing: Weight of the newest velocity measurement (exponential average).
+        gate_reference_s: Gap at which the centre gate is ``center_gate``; longer gaps
+            widen it by the square root of their ratio to this.
+        gap_samples: A track survives at least this many sampling intervals unseen (so one
+            missed detection between two sparse samples does not split it).
+        interval_window: Frames over which the sampling interval's median is taken.
+    """
+
+    high_score: float = 0.6
+    min_similarity: float = 0.1
+    max_gap_s: float = 3.0
+    center_gate: float = 2.0
+    velocity_smoothing: float = 0.5
+    gate_reference_s: float = 0.5
+    gap_samples: float = 2.5
+    interval_window: int = 16
+
+    def __post_init__(self) -> None:
+        check_number("--max-gap", self.max_gap_s, low=0, high=MAX_GAP_S, low_open=True, unit="s")
+        check_number("high_score", self.high_score, low=0.0, high=1.0)
+        check_number("min_similarity", self.min_similarity, low=0, high=1, low_open=True)
+        check_number("velocity_smoothing", self.velocity_smoothing, low=0, high=1, low_open=True)
+        check_number("center_gate", self.center_gate, low=0, high=100, low_open=True)
+        check_number("gate_reference_s", self.gate_reference_s, low=0, high=1e6, low_open=True)
+        check_number("gap_samples", self.gap_samples, low=0, high=1000)
+        check_number("interval_window", self.interval_window, low=1, high=10_000, integer=True)
+
+
+@dataclass(frozen=True)
+class VoteConfig:
+    """Which faces of a track are classified.
+
+    Attributes:
+        best_k: Best faces (by quality) classified per track.
+        refresh_every: A fresh face is classified each time the track grows by this many faces.
+        per_face: Classify every face and keep per-face labels (no voting).
+    """
+
+    best_k: int = 3
+    refresh_every: int = 20
+    per_face: bool = False
+
+    def __post_init__(self) -> None:
+        check_number("--best-k", self.best_k, low=1, high=MAX_BEST_K, integer=True)
+        check_number(
+            "--refresh-every", self.refresh_every, low=1, high=MAX_REFRESH_EVERY, integer=True
+        )
 
 
 @dataclass(frozen=True)
@@ -53,7 +115,7 @@ class DetectorConfig:
         )  # fmt: skip
 
     def kwargs(self) -> dict[str, Any]:
-        """Constructor keywords for :func:`agr_batch.detect.create_detector`."""
+        """Constructor keywords for :func:`agr_batch.stages.detect.create_detector`."""
         kw: dict[str, Any] = {
             "score_threshold": self.score_threshold,
             "min_face_size": float(self.min_face),

@@ -1,5 +1,5 @@
-"""Face alignment throughput: the cv2 path (agr_batch.align) against the torch path
-(agr_batch.align_torch), in faces/s, for batches of 1, 64 and 512 faces. Prints Markdown.
+"""Face alignment throughput: the cv2 path (agr_batch.stages.align) against the torch path
+(agr_batch.stages.align_torch), in faces/s, for batches of 1, 64 and 512 faces. Prints Markdown.
 
 The frames are insightface's t1.jpg enlarged to 1920 px wide and cut to 1080 rows (six
 faces of about 150-250 px), up to 8 frames per batch; the faces are CenterFace's landmarks,
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from agr_batch import align, align_torch
-from agr_batch.preprocess import PreprocessSpec, chips_to_tensor
+from agr_batch.stages import align, align_torch
+from agr_batch.stages.preprocess import PreprocessSpec, chips_to_tensor
 
 FRAME_W, FRAME_H = 1920, 1080
 MAX_FRAMES = 8
@@ -53,7 +53,7 @@ def load_scene(image: Path, landmarks: Path | None) -> tuple[np.ndarray, np.ndar
     if landmarks is not None:
         lm = np.load(landmarks).astype(np.float64)
     else:
-        from agr_batch.detect import create_detector
+        from agr_batch.stages.detect import create_detector
 
         lm = create_detector("centerface").detect([rgb])[0].landmarks.astype(np.float64)
     s = FRAME_W / rgb.shape[1]

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from agr_batch.bench import checkpoint_for
+from agr_batch.commands.bench import checkpoint_for
+from agr_batch.commands.run import run
 from agr_batch.config import DetectorConfig, RunConfig
-from agr_batch.runner import run
 from agr_batch.samples import write_scene_video
-from agr_batch.sources import frames
+from agr_batch.stages.decode import frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import naive_loop

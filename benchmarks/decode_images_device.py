@@ -1,4 +1,4 @@
-"""Batched image decoding on a device (agr_batch.decode_images) against Pillow
+"""Batched image decoding on a device (agr_batch.stages.decode.nvjpeg) against Pillow
 (sources.image_frame): pixel differences per kind of JPEG, then images/s. Prints Markdown.
 
 JPEGs are insightface's t1.jpg (1280x886, six faces) and Tom Hanks (112x112) re-encoded at
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from agr_batch.decode_images import DecodedImage, decode_images
-from agr_batch.sources import image_frame
+from agr_batch.stages.decode.image import image_frame
+from agr_batch.stages.decode.nvjpeg import DecodedImage, decode_images
 
 warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision")
 

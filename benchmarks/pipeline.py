@@ -23,15 +23,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from agr_batch.align import align_faces
-from agr_batch.bench import checkpoint_for
 from agr_batch.checkpoint import load_checkpoint
-from agr_batch.classify import Classifier
+from agr_batch.commands.bench import checkpoint_for
+from agr_batch.commands.run import run
 from agr_batch.config import RunConfig
-from agr_batch.detect import create_detector
-from agr_batch.runner import run
 from agr_batch.samples import write_scene_video
-from agr_batch.vote import VoteConfig
+from agr_batch.stages.align import align_faces
+from agr_batch.stages.classify import Classifier
+from agr_batch.stages.detect import create_detector
+from agr_batch.stages.vote import VoteConfig
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 

@@ -1,8 +1,8 @@
-"""Scaling of the Ray engine: the local engine, then Ray with 1 and 2 workers, same input.
+"""Scaling of the Ray executor: the local executor, then Ray with 1 and 2 workers, same input.
 
 Prints a Markdown table. The input is generated: ``--videos`` H.264 videos of ``--seconds``
 each at 1280x720 30 fps (insightface's six-person photo swaying; GOP 60), sampled at 2 fps,
-classified by an untrained ``--arch`` model (speed needs no weights). Each engine row splits
+classified by an untrained ``--arch`` model (speed needs no weights). Each row splits
 its time into ``start`` (loading the model; for Ray, starting the actors, which load it in
 parallel) and ``process`` (the files, in the same ``process()`` call ``run`` makes); the
 speed-up compares ``process``. The Ray cluster itself is started once, before the rows, and
@@ -12,7 +12,7 @@ segments (0 skips it), which shows what splitting costs when workers are already
 
     .venv/bin/python benchmarks/ray_scaling.py [--videos 4] [--seconds 15] [--workers 1 2]
 
-On a machine with as many cores as the pipeline already uses (the local engine overlaps
+On a machine with as many cores as the pipeline already uses (the local executor overlaps
 decoding, detection and classification on threads), extra workers compete for the same cores:
 read the speed-up with the core count printed above the table.
 """
@@ -29,18 +29,19 @@ from pathlib import Path
 
 import torch
 
-from agr_batch.bench import checkpoint_for
+from agr_batch.commands.bench import checkpoint_for
 from agr_batch.config import ProcessingConfig
-from agr_batch.detect.base import default_threads
-from agr_batch.distributed import RayOptions, RayPipeline
-from agr_batch.runner import Pipeline, SourceResult
+from agr_batch.pipeline import SourceResult, WorkItem
+from agr_batch.pipeline.local import LocalPipeline
+from agr_batch.pipeline.ray import RayOptions, RayPipeline
 from agr_batch.samples import write_scene_video
-from agr_batch.sources import MediaFile
+from agr_batch.stages.decode.media import MediaFile
+from agr_batch.stages.detect.base import default_threads
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "ray_scaling"
 
 
-def make_videos(n: int, seconds: float) -> list[MediaFile]:
+def make_videos(n: int, seconds: float) -> list[WorkItem]:
     CACHE.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
@@ -48,7 +49,7 @@ def make_videos(n: int, seconds: float) -> list[MediaFile]:
         if not path.exists():
             # Different sway per video, so the files are not byte-identical.
             write_scene_video(path, seconds=seconds, size=(1280, 720), sway_px=80 + 10 * i)
-        out.append(MediaFile(path, "video"))
+        out.append(WorkItem(MediaFile(path, "video")))
     return out
 
 
@@ -108,14 +109,10 @@ def main() -> None:
         )
         rows: list[tuple[str, int, float, float, Count]] = []
 
-        local: list[Pipeline] = []
-        start, proc, count = timed(
-            lambda: local.append(Pipeline(config)),
-            lambda c: local[0].process(media, c),
-            args.repeat,
-        )
+        local = LocalPipeline(config)
+        start, proc, count = timed(local.info, lambda c: local.process(media, c), args.repeat)
         rows.append(("local", 1, start, proc, count))
-        local.clear()
+        local.close()
 
         cores = default_threads()
         t0 = time.perf_counter()
@@ -128,7 +125,7 @@ def main() -> None:
             rp = RayPipeline(config, RayOptions(workers=workers, segment_s=segment))
             with rp:
                 start, proc, count = timed(
-                    rp.start, lambda c, rp=rp: rp.process(media, c), args.repeat
+                    rp.info, lambda c, rp=rp: rp.process(media, c), args.repeat
                 )
             name = "ray" if not segment else f"ray, {segment:g} s segments"
             rows.append((name, workers, start, proc, count))
@@ -145,7 +142,9 @@ def main() -> None:
         f"{args.sample_fps:g} fps sampling, {args.arch} ({args.backend}) on CPU; best of "
         f"{args.repeat} passes; ray.init {ray_init:.1f} s (not in the table)\n"
     )
-    print("| engine | workers | start s | process s | video-s per s | speed-up | faces | people |")
+    print(
+        "| executor | workers | start s | process s | video-s per s | speed-up | faces | people |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, workers, start, proc, count in rows:
         print(

@@ -17,9 +17,10 @@ import time
 
 import torch
 
+from agr_batch.device import resolve_device
 from agr_batch.models import count_parameters, create_model, gflops_per_face
 from trainer.engine import MultiHeadLoss
-from trainer.runtime import precision_for, resolve_device
+from trainer.runtime import precision_for
 
 ARCHS = ("tiny", "compact", "paper", "resnet34", "mobilenet_v2", "alexnet", "densenet161")
 # Batch 64 (the recipe's) where a CPU step stays short; smaller for the big models.

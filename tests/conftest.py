@@ -68,7 +68,7 @@ def noisy_clip(media_dir: Path) -> media.WrittenVideo:
 @pytest.fixture(scope="session")
 def centerface():  # type: ignore[no-untyped-def]
     """The default detector, loaded once (2 threads: the CPU is shared)."""
-    from agr_batch.detect import create_detector
+    from agr_batch.stages.detect import create_detector
 
     return create_detector("centerface", threads=2)
 

@@ -11,12 +11,13 @@ Modules, one concern each:
 * :mod:`trainer.evaluators` — accuracy, confusion, per-group accuracy, calibration (ECE);
 * :mod:`trainer.hooks` — the epoch loop and its hooks (progress, metrics, early stopping,
   checkpoints);
-* :mod:`trainer.runtime` — devices, mixed precision, seeds and generator states;
+* :mod:`trainer.runtime` — mixed precision, seeds and generator states (devices:
+  :mod:`agr_batch.device`);
 * :mod:`trainer.fit` — one training run (``agr-train fit``);
 * :mod:`trainer.evaluation` — scoring a checkpoint (``agr-train eval``);
 * :mod:`trainer.table1` — the paper's architecture comparison (``agr-train table1``).
 
-Training feeds the model through :func:`agr_batch.preprocess.chips_to_tensor` with the
+Training feeds the model through :func:`agr_batch.stages.preprocess.chips_to_tensor` with the
 preprocessing stored in every checkpoint, exactly as the processor does at inference.
 """
 

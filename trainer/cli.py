@@ -15,14 +15,12 @@ import click
 
 from agr_batch import __version__
 from agr_batch.checkpoint import CheckpointError
+from agr_batch.device import DEVICES, DeviceError
+from agr_batch.exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
 from agr_batch.models import list_models
 from trainer.augment import AugmentConfig
 from trainer.data import DataError
 from trainer.fit import SCHEDULERS, FitConfig, FitError
-from trainer.runtime import DEVICES, DeviceError
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 _EXPECTED_ERRORS = (DataError, FitError, CheckpointError, DeviceError)
 
@@ -102,7 +100,13 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option(
     "--size", default=224, show_default=True, type=click.IntRange(min=32), help="Image side (px)."
 )
-def synth(out: str, n: int, seed: int, size: int) -> None:
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Progress bar on stderr (when it is a terminal).",
+)
+def synth(out: str, n: int, seed: int, size: int, progress: bool) -> None:
     """Write a synthetic FairFace-layout data set of drawn faces. TEST DATA ONLY.
 
     The faces are cartoons whose colours and shapes encode the labels (race: skin and hair
@@ -112,7 +116,7 @@ def synth(out: str, n: int, seed: int, size: int) -> None:
     """
     from trainer.synth import make_dataset
 
-    summary = make_dataset(out, n, seed=seed, size=size)
+    summary = make_dataset(out, n, seed=seed, size=size, progress=progress and sys.stderr.isatty())
     click.echo(str(summary.root))
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from agr_batch.labels import HEADS, VOCABULARIES, LabelError, encode
-from agr_batch.preprocess import PreprocessSpec, chips_to_tensor, resize_chip
+from agr_batch.stages.preprocess import PreprocessSpec, chips_to_tensor, resize_chip
 from trainer.augment import AugmentConfig, augment_chip
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Reports accuracy per head, accuracy per group (race × gender, age bin) with the worst-group
 gap, confusion matrices and expected calibration error, and formats the paper's Table-1 row
 (Model, Age %, Gender %, Race %, Params M). Images go through the checkpoint's own
-preprocessing (:func:`agr_batch.preprocess.chips_to_tensor`), as in the processor.
+preprocessing (:func:`agr_batch.stages.preprocess.chips_to_tensor`), as in the processor.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from agr_batch.checkpoint import load_checkpoint
+from agr_batch.device import resolve_device
 from agr_batch.labels import HEADS
 from agr_batch.models import count_parameters
 from trainer.data import FaceDataset, SkippedImage, default_workers, make_loader, read_split
 from trainer.engine import MultiHeadLoss, evaluate
 from trainer.evaluators import full_evaluator, nan_to_none
-from trainer.runtime import precision_for, resolve_device
+from trainer.runtime import precision_for
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def evaluate_checkpoint(
     Raises:
         agr_batch.checkpoint.CheckpointError: Unusable checkpoint.
         trainer.data.DataError: Unusable CSV.
-        trainer.runtime.DeviceError: Unavailable device.
+        agr_batch.device.DeviceError: Unavailable device.
     """
     samples = read_split(data, split, limit=limit)
     dev = resolve_device(device)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from agr_batch.checkpoint import CheckpointError, default_preprocess, read_payload
+from agr_batch.device import DeviceError, resolve_device
 from agr_batch.labels import HEADS
 from agr_batch.models import RegistryError, create_model
 from trainer.augment import AugmentConfig
@@ -41,7 +42,7 @@ from trainer.hooks import (
     TrainLoop,
     skipped_images,
 )
-from trainer.runtime import DeviceError, precision_for, resolve_device, seed_everything
+from trainer.runtime import precision_for, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from agr_batch.checkpoint import save_checkpoint
 from agr_batch.labels import HEADS
-from agr_batch.preprocess import PreprocessSpec
+from agr_batch.stages.preprocess import PreprocessSpec
 from trainer.data import Batch, EpochSampler, SkippedImage, prepare_epoch
 from trainer.engine import EpochStats, MultiHeadLoss, StepStats, evaluate, train_one_epoch
 from trainer.evaluators import Evaluator

@@ -1,4 +1,4 @@
-"""Devices, mixed precision, seeds and random-generator states (for exact resumption).
+"""Mixed precision, seeds and random-generator states (for exact resumption).
 
 Generator states are stored as tensors and plain Python values so that checkpoints stay
 loadable with ``torch.load(weights_only=True)``.
@@ -15,29 +15,6 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-
-
-class DeviceError(RuntimeError):
-    """A requested device that this machine does not have."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``auto``/``cpu``/``cuda`` (or ``cuda:N``) to a device that exists.
-
-    Raises:
-        DeviceError: ``cuda`` was asked for but is not available, or the name is unknown.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} requested but CUDA is not available")
-        return torch.device(name)
-    raise DeviceError(f"unknown device {name!r}; expected one of {list(DEVICES)} or cuda:N")
 
 
 @dataclass(frozen=True)

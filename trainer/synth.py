@@ -40,6 +40,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from agr_batch.labels import AGE, GENDER, RACE, VOCABULARIES
 
@@ -423,7 +424,13 @@ def _face_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def make_dataset(
-    out: str | Path, n: int, *, seed: int = 0, size: int = 224, val_fraction: float = VAL_FRACTION
+    out: str | Path,
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = 224,
+    val_fraction: float = VAL_FRACTION,
+    progress: bool = False,
 ) -> SynthSummary:
     """Write a synthetic data set in FairFace's exact layout. TEST DATA ONLY.
 
@@ -433,6 +440,7 @@ def make_dataset(
         seed: Seed; the same seed, ``n`` and ``size`` give byte-identical files.
         size: Image side in pixels (FairFace's chips are 224).
         val_fraction: Share of images in ``val/``.
+        progress: Show a progress bar (images written, of ``n``, with an ETA) on stderr.
 
     Returns:
         What was written.
@@ -453,6 +461,7 @@ def make_dataset(
     service = np.random.default_rng([seed, 2]).random(n) < 0.5
     parts = {"train": range(n_train), "val": range(n_train, n)}
     counts: dict[str, dict[str, dict[str, int]]] = {}
+    bar = tqdm(total=n, desc="synth", unit="img", disable=not progress, leave=False)
     for split, indices in parts.items():
         (root / split).mkdir(parents=True, exist_ok=True)
         rows = []
@@ -467,6 +476,7 @@ def make_dataset(
             if not ok:  # pragma: no cover - cv2 fails only on invalid arrays
                 raise RuntimeError(f"could not encode {rel}")
             (root / rel).write_bytes(buf.tobytes())
+            bar.update(1)
             lab = labels[i]
             rows.append((rel, lab.age, lab.gender, lab.race, str(bool(service[i]))))
         with open(root / f"fairface_label_{split}.csv", "w", newline="", encoding="utf-8") as f:
@@ -477,6 +487,7 @@ def make_dataset(
             head: dict(Counter(getattr(labels[i], head) for i in indices))
             for head in ("age", "gender", "race")
         }
+    bar.close()
     log.info(
         "synth: wrote %d train + %d val synthetic faces (%d px, seed %d) to %s — TEST DATA ONLY",
         n_train,

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from agr_batch import __version__
+from agr_batch.storage.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,6 @@ def library_versions() -> dict[str, str]:
     except Exception:  # absent, or present but broken: either way not part of the key
         pass
     return versions
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class EngineCache:

@@ -43,9 +43,9 @@ def main() -> int:
     faulthandler.enable()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from agr_batch.engines import BACKENDS, BuildContext, EngineCache
-    from agr_batch.engines.cache import sha256_file
     from agr_batch.engines.isolate import compare_with_eager
     from agr_batch.engines.kinds import ModelSource, model_kind
+    from agr_batch.storage.hashing import sha256_file
 
     request = json.loads(sys.stdin.read())
     t0 = time.perf_counter()

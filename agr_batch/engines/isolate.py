@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from agr_batch.engines.base import BuildContext, EngineBuildError, cache_fields
-from agr_batch.engines.cache import EngineCache, sha256_file
+from agr_batch.engines.cache import EngineCache
+from agr_batch.storage.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

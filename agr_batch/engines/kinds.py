@@ -145,7 +145,7 @@ def _classifier() -> ModelKind:
 
 
 def _load_centerface(path: Path, device: torch.device) -> nn.Module:
-    from agr_batch.detect.centerface_net import load_centerface_net
+    from agr_batch.stages.detect.centerface_net import load_centerface_net
 
     return load_centerface_net(path).to(device)
 

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 
 from agr_batch.checkpoint import (
     CheckpointError,
-    file_sha256,
     load_checkpoint,
     save_checkpoint,
 )
 from agr_batch.cli import main
 from agr_batch.models import create_model
-from agr_batch.preprocess import PreprocessSpec, chips_to_tensor
+from agr_batch.stages.preprocess import PreprocessSpec, chips_to_tensor
+from agr_batch.storage.hashing import sha256_file
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_round_trip_gives_identical_outputs(tiny_ckpt):
     assert ckpt.meta.preprocess == PreprocessSpec(input_size=(64, 64))
     assert ckpt.meta.training["epochs"] == 3
     assert ckpt.meta.labels["race"][2] == "Latino_Hispanic"
-    assert ckpt.file_sha256 == file_sha256(path)
+    assert ckpt.file_sha256 == sha256_file(path)
     assert not ckpt.model.training
     x = torch.randn(5, 3, 64, 64)
     with torch.no_grad():

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from agr_batch.checkpoint import load_checkpoint
+from agr_batch.commands.run import run
 from agr_batch.config import RunConfig
 from agr_batch.engines import EngineBuildError, engine_for_checkpoint, tensorrt_available
-from agr_batch.runner import run
 from tests.conftest import CUDA_TESTS_DEVICE
 
 pytestmark = pytest.mark.cuda
@@ -34,7 +34,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def heldout(synth_data, trained):
-    from agr_batch.preprocess import chips_to_tensor
+    from agr_batch.stages.preprocess import chips_to_tensor
 
     ckpt = load_checkpoint(trained)
     files = sorted((synth_data.root / "val").glob("*.jpg"))[:300]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from agr_batch.preprocess import PreprocessSpec, chips_to_tensor, resize_chip
+from agr_batch.stages.preprocess import PreprocessSpec, chips_to_tensor, resize_chip
 from trainer.augment import AugmentConfig, augment_chip
 from trainer.cli import main
 from trainer.data import (

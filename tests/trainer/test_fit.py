@@ -11,14 +11,14 @@ from click.testing import CliRunner
 
 from agr_batch.checkpoint import load_checkpoint, read_payload
 from agr_batch.labels import AGE
-from agr_batch.preprocess import PreprocessSpec
+from agr_batch.stages.preprocess import PreprocessSpec
 from trainer.cli import main
 from trainer.data import read_split
 from trainer.evaluation import evaluate_checkpoint
 from trainer.fit import FitConfig, FitError, fit
 from trainer.hooks import METRIC_COLUMNS, EarlyStoppingHook, EpochRecord, Hook, TrainState
 
-# Twice chance per head (gender: the 0.75).
+# Twice chance per head (gender: 0.75).
 THRESHOLDS = {"age": 2 / 9, "race": 2 / 7, "gender": 0.75}
 
 

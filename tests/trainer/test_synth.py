@@ -109,3 +109,11 @@ def test_rejects_bad_arguments(tmp_path):
         make_dataset(tmp_path, 1)
     with pytest.raises(ValueError, match="size must be at least 32"):
         make_dataset(tmp_path, 10, size=16)
+
+
+def test_progress_bar_has_the_total(tmp_path, capsys):
+    make_dataset(tmp_path / "d", 12, size=32, progress=True)
+    err = capsys.readouterr().err
+    assert "synth:   0%" in err and "| 0/12 [" in err
+    make_dataset(tmp_path / "e", 12, size=32)
+    assert "| 0/12 [" not in capsys.readouterr().err  # no bar unless asked for

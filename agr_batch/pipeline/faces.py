@@ -1,0 +1,153 @@
+"""The face step: detect the faces of frames, align a chip for each and track them.
+
+:class:`FaceStep` turns frames into :class:`FaceBatch` records, one per frame: the frame's
+identity and time, its detections, an aligned chip per face, the track id of each face and the
+tracks that ended. The detector is called on a list of frames at once (:meth:`FaceStep.
+step_batch`), so a batched detector can be given several frames; the tracker is still updated
+frame by frame, in order. Frames' pixels are not kept: after this step only the chips (a few
+kilobytes per face) travel on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agr_batch.pipeline import StageTimes
+from agr_batch.records import Detections, Frame
+from agr_batch.stages.align import align_faces
+from agr_batch.stages.detect import Detector
+from agr_batch.stages.preprocess import PreprocessSpec
+from agr_batch.stages.track import Tracker, TrackerConfig
+
+__all__ = ["FaceBatch", "FaceStep", "detection_error"]
+
+
+@dataclass(frozen=True, eq=False)
+class FaceBatch:
+    """The faces of one frame after detection, alignment and tracking.
+
+    Attributes:
+        source: The input's path, as a string.
+        frame_index: Index of the frame in its source.
+        time_s: Seconds from the source's start.
+        start_time: Absolute start of the source, when known.
+        detections: The faces found (boxes, scores, landmarks in frame pixels).
+        chips: One chip per face: (N, H, W, 3) uint8 RGB on the host, or a torch tensor of
+            (N, 3, H, W) normalised classifier input on the device that aligned it.
+        track_ids: (N,) int64 track id of each face.
+        ended: Tracks that ended with this frame.
+        quality: (N,) float32 quality of each face for classification, when the step
+            computed it (device chips); None lets the voter compute it from host chips.
+    """
+
+    source: str
+    frame_index: int
+    time_s: float
+    start_time: dt.datetime | None
+    detections: Detections
+    chips: Any
+    track_ids: np.ndarray
+    ended: tuple[int, ...] = ()
+    quality: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.detections)
+        if len(self.chips) != n or len(self.track_ids) != n:
+            raise ValueError(
+                f"FaceBatch: {n} detections, {len(self.chips)} chips, "
+                f"{len(self.track_ids)} track ids"
+            )
+        if self.quality is not None and len(self.quality) != n:
+            raise ValueError(f"FaceBatch: {n} detections, {len(self.quality)} qualities")
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+
+class FaceStep:
+    """Detect, align and track the frames of one source at a time.
+
+    Args:
+        detector: The face detector.
+        spec: The classifier's preprocessing (chip size and alignment).
+        tracker_config: Tracker thresholds; a new tracker starts with each source.
+        times: Where the seconds spent detecting, aligning and tracking are added.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        spec: PreprocessSpec,
+        tracker_config: TrackerConfig,
+        *,
+        times: StageTimes | None = None,
+    ) -> None:
+        self.detector = detector
+        self.spec = spec
+        self.tracker_config = tracker_config
+        self.times = times
+        self.tracker = Tracker(tracker_config)
+
+    def start_source(self) -> None:
+        """Forget the previous source's tracks (ids start again at 0)."""
+        self.tracker = Tracker(self.tracker_config)
+
+    def end_source(self) -> tuple[int, ...]:
+        """End every track still open: the source has no more frames."""
+        return tuple(self.tracker.close_all())
+
+    def step(self, frame: Frame) -> FaceBatch:
+        """Detect, align and track one frame."""
+        return self.step_batch([frame])[0]
+
+    def step_batch(self, frames: Sequence[Frame]) -> list[FaceBatch]:
+        """Detect the faces of ``frames`` in one detector call, then align and track each.
+
+        The frames must be consecutive frames of the current source, in time order.
+
+        Raises:
+            Exception: Whatever the detector raises (the caller reports the frames as failed;
+                the tracker has not seen them).
+        """
+        if not frames:
+            return []
+        t0 = time.perf_counter()
+        found = self.detector.detect([f.image for f in frames])
+        t1 = time.perf_counter()
+        chips = [
+            align_faces(f.image, d.landmarks, self.spec) for f, d in zip(frames, found, strict=True)
+        ]
+        t2 = time.perf_counter()
+        out = []
+        for frame, dets, frame_chips in zip(frames, found, chips, strict=True):
+            # A new tracker per source: in an image each face is its own track (ids 0..n-1).
+            track_ids = self.tracker.update(dets.boxes, dets.scores, frame.time_s)
+            ended = tuple(self.tracker.pop_ended())
+            out.append(
+                FaceBatch(
+                    source=frame.source,
+                    frame_index=frame.frame_index,
+                    time_s=frame.time_s,
+                    start_time=frame.start_time,
+                    detections=dets,
+                    chips=frame_chips,
+                    track_ids=np.asarray(track_ids, np.int64),
+                    ended=ended,
+                )
+            )
+        if self.times is not None:
+            self.times.detect += t1 - t0
+            self.times.align += t2 - t1
+            self.times.track += time.perf_counter() - t2
+        return out
+
+
+def detection_error(frame: Frame, exc: BaseException) -> str:
+    """The one-line message for a frame whose detection failed."""
+    return f"{frame.source}: face detection failed at {frame.time_s:.2f} s ({exc})".splitlines()[0]
