@@ -159,6 +159,40 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+SYNTH_MARKER = "agr_synth.json"
+"""The file ``agr-train synth`` writes into a synthetic data set (mirrors trainer.synth)."""
+
+
+def describe_model(meta: CheckpointMeta) -> dict[str, Any]:
+    """What a checkpoint says about its training data, for reports and ``info``.
+
+    Returns:
+        ``arch``; ``dataset`` (a name, or None when not recorded); ``synthetic`` (True for
+        ``agr-train synth`` data, False for other data, None when not recorded);
+        ``val_mean_accuracy`` (None when absent); ``note`` (a free-form note, e.g. that
+        the weights are untrained).
+    """
+    training = dict(meta.training)
+    synthetic = training.get("synthetic")
+    dataset = training.get("dataset")
+    data = training.get("data")
+    if synthetic is None and isinstance(data, str):
+        # Checkpoints from before the flag was recorded: the data folder may still say.
+        with_marker = Path(data) / SYNTH_MARKER
+        if with_marker.is_file():
+            synthetic, dataset = True, "agr-train synth (synthetic drawn faces)"
+    if dataset is None and isinstance(data, str):
+        dataset = Path(data).name or None
+    accuracy = training.get("val_mean_accuracy")
+    return {
+        "arch": meta.arch,
+        "dataset": dataset,
+        "synthetic": None if synthetic is None else bool(synthetic),
+        "val_mean_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
+        "note": training.get("note"),
+    }
+
+
 def default_preprocess(model: nn.Module) -> PreprocessSpec:
     """The preprocessing a freshly built model expects: its input size, ImageNet statistics."""
     return PreprocessSpec(input_size=tuple(model.input_size))  # type: ignore[arg-type]

@@ -112,7 +112,9 @@ def synth(out: str, n: int, seed: int, size: int) -> None:
     """
     from trainer.synth import make_dataset
 
-    summary = make_dataset(out, n, seed=seed, size=size)
+    # A bar on a terminal (images of n, rate, ETA); none under --quiet or in a pipe or log.
+    progress = sys.stderr.isatty() and logging.getLogger().getEffectiveLevel() <= logging.INFO
+    summary = make_dataset(out, n, seed=seed, size=size, progress=progress)
     click.echo(str(summary.root))
 
 
