@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from agr_batch.aggregate import FACES_SCHEMA, StatsAggregator, faces_table, tracks_table
+from agr_batch.aggregate import (
+    FACES_SCHEMA,
+    StatsAggregator,
+    everything_suppressed,
+    faces_table,
+    tracks_table,
+)
 from agr_batch.align import align_faces
 from agr_batch.budget import ByteBudget
 from agr_batch.checkpoint import load_checkpoint
@@ -168,6 +174,7 @@ class _SourceEnd:
     frames: int
     duration_s: float | None
     error: str | None
+    last_time_s: float | None = None  # of the last frame decoded
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,6 +287,7 @@ def _decode_worker(
             _put(out, _SourceStart(m), stop)
             count, error = 0, None
             duration: float | None = None
+            last_time: float | None = None
             seq_errors: list[str] = []
             try:
                 it, duration = _open_source(m, config, decoder, seq_errors)
@@ -288,6 +296,7 @@ def _decode_worker(
                         raise _CancelledError
                     _put(out, _FrameItem(m, frame), stop)
                     count += 1
+                    last_time = frame.time_s
             except SourceError as e:
                 error = str(e)
             except _CancelledError:
@@ -297,7 +306,7 @@ def _decode_worker(
             if seq_errors and error is None:
                 more = len(seq_errors) - 1
                 error = seq_errors[0] + (f" (and {more} more in the sequence)" if more else "")
-            _put(out, _SourceEnd(m, count, duration, error), stop)
+            _put(out, _SourceEnd(m, count, duration, error, last_time), stop)
         _put(out, _DONE, stop)
     except _CancelledError:
         return
@@ -397,6 +406,7 @@ class SourceResult:
         start_time: Absolute start of the source when known.
         tracks: Its finished, classified tracks (people).
         error: One-line reason when the file failed (its partial tracks are kept).
+        processed_s: End of the span decoded, seconds from the start (None: not known).
     """
 
     media: MediaFile
@@ -405,11 +415,23 @@ class SourceResult:
     start_time: Any
     tracks: tuple[TrackResult, ...]
     error: str | None
+    processed_s: float | None = None
 
     @property
     def faces(self) -> int:
         """Faces over all tracks."""
         return sum(len(t) for t in self.tracks)
+
+    @property
+    def covered_s(self) -> float | None:
+        """End of the span processed, for the coverage rows; None when nothing was."""
+        if self.processed_s is not None:
+            return self.processed_s
+        if self.frames == 0:
+            return None
+        if self.error is None and self.duration_s is not None:
+            return self.duration_s
+        return max((t.last_time for t in self.tracks), default=0.0)
 
 
 @dataclass
@@ -418,6 +440,7 @@ class _SourceState:
     frames: int = 0
     start_time: Any = None
     duration_s: float | None = None
+    processed_s: float | None = None
     error: str | None = None
     ended: bool = False
     open_tracks: set[int] = field(default_factory=set)
@@ -491,6 +514,10 @@ class _Collector:
         st = self.sources[str(item.media.path)]
         st.ended = True
         st.duration_s = item.duration_s
+        if item.frames:
+            # Decoded to the end: the whole duration; else up to the last frame decoded.
+            whole = item.error is None and item.duration_s is not None
+            st.processed_s = item.duration_s if whole else (item.last_time_s or 0.0)
         if item.error is not None:
             self.fail(item.media, item.error)
         self._collect([])
@@ -516,6 +543,7 @@ class _Collector:
                         st.start_time,
                         tuple(st.tracks),
                         st.error,
+                        st.processed_s,
                     )
                 )
                 self.times.write += time.perf_counter() - t0
@@ -754,7 +782,9 @@ def run(
 
     # The token ties the files of one run together: a reader can check they belong.
     metadata = {**pipeline.metadata(config), "output_set": outputs.token}
-    aggregator = StatsAggregator(pipeline.labels, window_s=config.window_s)
+    aggregator = StatsAggregator(
+        pipeline.labels, window_s=config.window_s, align=config.align_windows, tz=config.tz
+    )
     tracks: list[TrackResult] = []
     faces_writer: ParquetStreamWriter | None = None
 
@@ -765,7 +795,7 @@ def run(
             aggregator.add(track)
             if faces_writer is not None:
                 faces_writer.write(faces_table(track, pipeline.labels))
-        aggregator.finish_source(source, duration_s=result.duration_s)
+        aggregator.finish_source(source, duration_s=result.duration_s, covered_s=result.covered_s)
         if config.tracks_out is not None:
             tracks.extend(result.tracks)
         summary.frames += result.frames
@@ -795,7 +825,11 @@ def run(
         )
         summary.suppressed_faces = aggregator.suppressed.faces
         summary.suppressed_cells = aggregator.suppressed.cells
-        if aggregator.suppressed.cells:
+        if aggregator.suppressed.everything:
+            faces = aggregator.suppressed.faces
+            msg = everything_suppressed(config.min_cell_count, faces=faces, where=str(config.out))
+            log.warning("%s", msg)
+        elif aggregator.suppressed.cells:
             log.info(
                 "suppressed %d cells (%d faces) below --min-cell-count %d",
                 aggregator.suppressed.cells,

@@ -35,7 +35,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agr_batch.aggregate import StatsAggregator, faces_table, tracks_table
+from agr_batch.aggregate import (
+    StatsAggregator,
+    everything_suppressed,
+    faces_table,
+    tracks_table,
+)
 from agr_batch.config import ProcessingConfig
 from agr_batch.dataset import KIND_DIRS, Dataset, identity_fields, partition_date
 from agr_batch.limits import MAX_SETTLE_S, check_number
@@ -202,6 +207,10 @@ def scan(
                 config, dataset, state, plan.work, run_id, summary, progress, on_error,
                 pipeline_factory, sig, tables, lock,
             )  # fmt: skip
+            if summary.faces and summary.suppressed_faces == summary.faces:
+                where = "the rows of this scan"
+                msg = everything_suppressed(config.min_cell_count, faces=summary.faces, where=where)
+                log.warning("%s", msg)
         if plan.changes or not (dataset.root / "_errors.parquet").exists():
             dataset.write_errors(state)
         state.finish_run(
@@ -385,15 +394,17 @@ def _process(
             dataset.commit(state, row=row, replace=w.replace, retire=w.retire)
             return
         source = str(result.media.path)
-        agg = StatsAggregator(pipeline.labels, window_s=config.window_s)
+        agg = StatsAggregator(
+            pipeline.labels, window_s=config.window_s, align=config.align_windows, tz=config.tz
+        )
         agg.add_source(source, result.media.kind, result.start_time)
         for track in result.tracks:
             agg.add(track)
-        agg.finish_source(source, duration_s=result.duration_s)
+        agg.finish_source(source, duration_s=result.duration_s, covered_s=result.covered_s)
         parts: dict[str, pa.Table] = {}
         stats = agg.table(min_cell_count=config.min_cell_count)
         summary.suppressed_faces += agg.suppressed.faces
-        if len(stats):
+        if len(stats):  # a file processed has rows: its windows, with faces = 0 if nobody
             parts["stats"] = stats
         if config.write_faces and result.tracks:
             parts["faces"] = pa.concat_tables(

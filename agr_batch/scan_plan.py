@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agr_batch.checkpoint import CheckpointError, file_sha256
+from agr_batch.clock import tz_label
 from agr_batch.fileid import PREFIX_BYTES, FileStat, file_stat, hash_file, prefix_hash
 from agr_batch.sources import MediaFile, discover
 from agr_batch.state import FileRow
@@ -152,6 +153,10 @@ def table_settings(config: ScanConfig) -> dict[str, Any]:
         "vote": vars(config.vote),
         "min_cell_count": config.min_cell_count,
     }
+    if config.align_windows != "start":
+        # Only when set: datasets built before these options existed stay comparable.
+        settings["align_windows"] = config.align_windows
+        settings["tz"] = config.tz or tz_label(None)
     # As stored: compared with what earlier scans recorded.
     return dict(json.loads(json.dumps(settings, sort_keys=True, default=str)))
 
