@@ -61,14 +61,14 @@ def resolve_tz(name: str | None) -> dt.tzinfo:
 
 
 def tz_label(name: str | None) -> str:
-    """How a page names the time zone: ``Europe/Berlin``, or ``local time (Etc/UTC)``."""
+    """How a page names the time zone: ``Europe/Berlin``, or ``Etc/UTC, local time``."""
     if name:
         return name
     local = _local_zone_name()
     if local:
-        return f"local time ({local})"
+        return f"{local}, local time"
     offset = dt.datetime.now().astimezone().strftime("%z")
-    return f"local time (UTC{offset[:3]}:{offset[3:]})"
+    return f"UTC{offset[:3]}:{offset[3:]}, local time"
 
 
 def check_clock_window(window_s: float) -> None:

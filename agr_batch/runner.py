@@ -29,7 +29,7 @@ from agr_batch.aggregate import (
 )
 from agr_batch.align import align_faces
 from agr_batch.budget import ByteBudget
-from agr_batch.checkpoint import load_checkpoint
+from agr_batch.checkpoint import describe_model, load_checkpoint
 from agr_batch.classify import Classifier, resolve_device
 from agr_batch.config import ProcessingConfig, RunConfig
 from agr_batch.decode_gpu import resolve_decoder, torchcodec_frames
@@ -603,6 +603,12 @@ class Pipeline:
         self.config = config
         self.device = resolve_device(config.device)
         self.checkpoint = load_checkpoint(config.model, device=self.device)
+        if describe_model(self.checkpoint.meta)["synthetic"]:
+            log.warning(
+                "%s was trained on synthetic faces (agr-train synth): its age, gender and "
+                "race labels are meaningless; face and visitor counts are real",
+                config.model,
+            )
         self.engine = engine_for_checkpoint(
             config.backend,
             self.checkpoint,
@@ -636,6 +642,7 @@ class Pipeline:
             backend_resolved=self.engine.name,
             precision_resolved=self.engine.precision,
             decoder_resolved=self.decoder,
+            model_training=describe_model(ckpt.meta),  # reports name the data truthfully
         )
 
     def process(
