@@ -157,15 +157,23 @@ def race_bars(cells: Cells, measure: str) -> Figure:
 
 
 def time_labels(times: Sequence[object], *, absolute: bool, window_s: float) -> list[str]:
-    """One label per bucket, with the date only where it changes; consecutive repeats blank."""
+    """One label per time, empty but for at most MAX_TICKS evenly spaced ones.
+
+    A label gives the date only where it differs from the previous label's, and a label
+    that would repeat the previous one is left empty.
+    """
+    step = max(1, math.ceil(len(times) / MAX_TICKS))
     labels: list[str] = []
     last_day = None
-    for t in times:
+    for i in range(len(times)):
+        if i % step:
+            labels.append("")
+            continue
         if not absolute:
-            seconds = float(t)  # type: ignore[arg-type]
+            seconds = float(times[i])  # type: ignore[arg-type]
             text = f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
         else:
-            stamp = pd.Timestamp(t)  # type: ignore[arg-type]
+            stamp = pd.Timestamp(times[i])  # type: ignore[arg-type]
             clock = "%H:%M:%S" if window_s < 60 else "%H:%M"
             if window_s >= 86_400:
                 text = stamp.strftime("%Y-%m-%d")
@@ -174,20 +182,15 @@ def time_labels(times: Sequence[object], *, absolute: bool, window_s: float) -> 
             else:
                 text = stamp.strftime(clock)
             last_day = stamp.date()
-        labels.append(text)
+        previous = next((la for la in reversed(labels) if la), None)
+        labels.append("" if text == previous else text)
     return labels
 
 
 def _time_ticks(ax: Axes, labels: Sequence[str]) -> None:
-    """At most MAX_TICKS evenly spaced labels, none repeating the one before it."""
-    step = max(1, math.ceil(len(labels) / MAX_TICKS))
-    ticks, texts, previous = [], [], None
-    for i in range(0, len(labels), step):
-        if labels[i] != previous:
-            ticks.append(i)
-            texts.append(labels[i])
-            previous = labels[i]
-    ax.set_xticks(ticks, texts, rotation=30, ha="right")
+    """Ticks where :func:`time_labels` left a label."""
+    ticks = [i for i, text in enumerate(labels) if text]
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=30, ha="right")
 
 
 def over_time(cells: Cells, footage_s: np.ndarray | None, *, absolute: bool,

@@ -493,7 +493,8 @@ def render(data: ReportData, *, png_dir: Path | None = None) -> str:
         sections += _chart_sections(data, png_dir)
     totals = "".join(f"<tr><th>{esc(a)}</th><td>{esc(b)}</td></tr>" for a, b in _totals(data))
     body = "".join(f"<section><h2>{esc(t)}</h2>{svg}</section>" for t, svg in sections)
-    config = esc(json.dumps(data.config, indent=2, sort_keys=True, default=str), quote=False)
+    config = json.dumps(data.config, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    config = esc(config, quote=False)
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     model, warning = _model_notes(data.config)
     if k > 0:
