@@ -168,7 +168,7 @@ _PROCESSING_OPTIONS = [
         "--min-cell-count",
         default=0,
         show_default=True,
-        help="Drop stats cells with fewer faces or people than this (privacy; 0 = keep all).",
+        help="Drop stats cells with fewer distinct people or faces than this (0 = keep all).",
     ),
     click.option(
         "--engine",

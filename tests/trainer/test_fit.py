@@ -233,3 +233,10 @@ def test_checkpoints_name_their_data_and_info_flags_a_synthetic_model(small_data
     assert "SYNTHETIC" not in text and data["synthetic"] is False
     assert "trained on    faces-data (FairFace layout) (not synthetic)" in text
     assert data["dataset"] == "faces-data (FairFace layout)"
+
+
+def test_help_names_the_options_it_describes():
+    for command in ("fit", "table1"):
+        text = CliRunner().invoke(main, [command, "--help"]).output
+        assert "RUNDIR" not in text and "OUT/" not in text and "ARCH on" not in text
+        assert "--out folder" in text
