@@ -275,11 +275,15 @@ class Layout:
 
 def _grid(buckets: pd.Series, absolute: bool, window_s: float) -> list[Any]:
     """The time axis: every window from the first to the last when they lie on one grid."""
-    present = sorted(buckets.unique().tolist())
+    present = sorted(buckets.dropna().unique().tolist())
+    if not present:
+        return present
     if absolute:
-        full = pd.date_range(present[0], present[-1], freq=pd.Timedelta(seconds=window_s))
-        if len(full) <= MAX_GRID and set(present) <= set(full):
-            return list(full)
+        span = (present[-1] - present[0]).total_seconds() / window_s
+        if span < MAX_GRID:
+            full = pd.date_range(present[0], present[-1], freq=pd.Timedelta(seconds=window_s))
+            if set(present) <= set(full):
+                return list(full)
     else:
         steps = np.round(np.asarray(present) / window_s, 6)
         if (steps == np.round(steps)).all() and steps[-1] - steps[0] < MAX_GRID:
@@ -322,8 +326,9 @@ def layout(frame: pd.DataFrame, config: dict[str, Any], *, tz: dt.tzinfo) -> Lay
         "per_source": (_codes(display, source_order), source_order),
     }
     if absolute:
-        specs["hour"] = (buckets.dt.hour.to_numpy(np.int64), list(range(24)))
-        specs["day"] = (buckets.dt.day_of_week.to_numpy(np.int64), list(range(7)))
+        # A row without an absolute time (none known for its source) is in no time chart.
+        specs["hour"] = (buckets.dt.hour.fillna(-1).to_numpy(np.int64), list(range(24)))
+        specs["day"] = (buckets.dt.day_of_week.fillna(-1).to_numpy(np.int64), list(range(7)))
     return Layout(rows, specs, buckets, absolute, window_s)
 
 
