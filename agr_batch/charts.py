@@ -39,7 +39,9 @@ class Cells:
 
     Attributes:
         frame: Indexed by the cell's key (in display order), with columns ``faces``,
-            ``visitors`` (counts; meaningless where suppressed) and ``suppressed`` (bool).
+            ``visitors`` (counts; never drawn where suppressed), ``suppressed`` (bool),
+            ``withheld`` (bool: holds rows whose counts the table withheld) and ``people``
+            (a lower bound of the distinct people).
         note: Says how many cells are suppressed, or None.
     """
 

@@ -233,15 +233,21 @@ def _cells(order: list[Any], counts: CellCounts, *, names: tuple[str, ...] = ())
             "faces": padded(counts.faces),
             "visitors": padded(counts.visitors),
             "suppressed": padded(counts.suppressed),
+            "withheld": padded(counts.withheld),
+            "people": padded(counts.people),  # a lower bound
         },
         index=index,
     )
     nonempty = (table.faces > 0) | (table.visitors > 0)
-    hidden = int((table.suppressed & nonempty).sum())
-    note = None
+    hidden = int((table.suppressed & nonempty & ~table.withheld).sum())
+    notes = []
     if hidden:
-        note = f"{hidden} of {int(nonempty.sum())} non-empty cells suppressed"
-    return Cells(table, note)
+        notes.append(f"{hidden} of {int(nonempty.sum())} non-empty cells suppressed")
+    withheld = int(table.withheld.sum())
+    if withheld:
+        notes.append(f"{withheld} cell{'s' * (withheld != 1)} hidden because the stats table "
+                     "withheld some of the counts (its own --min-cell-count)")  # fmt: skip
+    return Cells(table, "; ".join(notes) or None)
 
 
 def _codes(values: pd.Series, order: list[Any]) -> np.ndarray:
@@ -460,13 +466,18 @@ def _totals(data: ReportData) -> list[tuple[str, str]]:
     t, k = data.table, data.min_cell_count
     rows = [("sources", f"{t.source.nunique():,}")]
     total = data.cells.get("totals")
-    if total is not None and total.suppressed[0]:
+    visitors = int(t.visitors.fillna(0).sum()) if len(t) else 0
+    withheld = total is not None and bool(total.frame.withheld.iloc[0])
+    small = total is not None and bool(total.suppressed[0])
+    if small and withheld:  # hidden for its withheld rows, or also for being small?
+        row = total.frame.iloc[0]
+        small = k > 0 and (row.faces < k or row.people < k)
+    if small:
         rows.append(("faces, visitors", f"suppressed: fewer than {k} people or {k} faces"))
+    elif withheld:  # the table's own suppression withheld some windows' counts
+        rows += [("faces", f"at least {data.faces:,}"), ("visitors", f"at least {visitors:,}")]
     else:
-        rows += [
-            ("faces", f"{data.faces:,}"),
-            ("visitors", f"{int(t.visitors.fillna(0).sum()):,}" if len(t) else "0"),
-        ]
+        rows += [("faces", f"{data.faces:,}"), ("visitors", f"{visitors:,}")]
     rows.append(("windows", f"{len(t[['source', 'window_start']].drop_duplicates()):,}"))
     if data.footage_s is not None:
         rows.append(("footage processed", _duration(float(np.sum(data.footage_s)))))

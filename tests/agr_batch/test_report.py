@@ -417,3 +417,28 @@ def test_a_busy_report_renders_with_visitors_and_suppressed_bands_visible(tmp_pa
     assert _pixels(shot, (0xF5, 0x85, 0x18)) > 5_000
     assert _pixels(shot, (0x72, 0xB7, 0xB2)) > 5_000
     assert _pixels(shot, (0xB0, 0xB0, 0xB0), tolerance=6) > 500  # the bands' hatching
+
+
+def test_counts_withheld_by_the_table_are_not_shown_as_exact(tmp_path, tiny_checkpoint, t1_rgb):
+    from tests import media
+
+    grey = np.full_like(t1_rgb, 96)
+    # A camera with six people for a second, then one person (t1's crop) for a second: with
+    # run --min-cell-count 5 the lone person's window is written with its counts withheld.
+    lone = t1_rgb[:, : t1_rgb.shape[1] // 6]
+    media.make_video(tmp_path / "cam.mp4", [t1_rgb, lone, grey], seconds=3, fps=10,
+                     size=(640, 480))  # fmt: skip
+    stats = tmp_path / "stats.parquet"
+    run = CliRunner().invoke(main, [
+        "run", str(tmp_path / "cam.mp4"), "--out", str(stats), "--model", str(tiny_checkpoint),
+        "--window", "1", "--min-cell-count", "5", "--backend", "eager", "--quiet",
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    table = pq.read_table(stats).to_pandas()
+    if not table.faces.isna().any():
+        pytest.skip("the crop's face was not detected: nothing was withheld")
+    data, page = _build(tmp_path, stats, min_cell_count=0)
+    over_time = data.cells["over_time"].frame
+    assert over_time.withheld.sum() == 1 and over_time[over_time.withheld].suppressed.all()
+    assert f"<td>at least {int(table.faces.sum())}</td>" in page
+    assert "1 cell hidden because the stats table withheld some of the counts" in page
