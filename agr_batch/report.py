@@ -403,8 +403,9 @@ def _chart_sections(data: ReportData, png_dir: Path | None) -> list[tuple[str, s
         live = np.concatenate([c.nonempty for c in shown])
         hidden = np.concatenate([c.suppressed for c in shown])
         if live.any() and hidden[live].all():
-            out.append((title, f'<p class="empty">Every cell of this chart holds fewer than '
-                        f"{k} people or {k} faces, so all are suppressed.</p>"))  # fmt: skip
+            out.append((title, f'<p class="empty">All cells of this chart are suppressed: '
+                        f"each holds fewer than {k} people or {k} faces, or would give such a "
+                        "cell away (total minus the others).</p>"))  # fmt: skip
             return
         notes = "; ".join(c.note for c in shown if c.note)
         note = f'<p class="small">{html.escape(notes)}.</p>' if notes else ""

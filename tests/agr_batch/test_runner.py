@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -224,6 +225,7 @@ def test_usage_errors_exit_2(tmp_path, tiny_checkpoint):
 
 
 def test_min_cell_count_suppresses_and_reports(tmp_path, tiny_checkpoint, caplog):
+    caplog.set_level(logging.WARNING, logger="agr_batch")  # whatever earlier tests set
     out = tmp_path / "o.parquet"
     result = CliRunner().invoke(main, [
         "run", str(photos_dir() / "t1.jpg"), "--out", str(out), "--model", str(tiny_checkpoint),
