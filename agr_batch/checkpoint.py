@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +151,40 @@ def weights_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+SYNTH_MARKER = "agr_synth.json"
+"""The file ``agr-train synth`` writes into a synthetic data set (mirrors trainer.synth)."""
+
+
+def describe_model(meta: CheckpointMeta) -> dict[str, Any]:
+    """What a checkpoint says about its training data, for reports and ``info``.
+
+    Returns:
+        ``arch``; ``dataset`` (a name, or None when not recorded); ``synthetic`` (True for
+        ``agr-train synth`` data, False for other data, None when not recorded);
+        ``val_mean_accuracy`` (None when absent); ``note`` (a free-form note, e.g. that
+        the weights are untrained).
+    """
+    training = dict(meta.training)
+    synthetic = training.get("synthetic")
+    dataset = training.get("dataset")
+    data = training.get("data")
+    if synthetic is None and isinstance(data, str):
+        # Checkpoints from before the flag was recorded: the data folder may still say.
+        with_marker = Path(data) / SYNTH_MARKER
+        if with_marker.is_file():
+            synthetic, dataset = True, "agr-train synth (synthetic drawn faces)"
+    if dataset is None and isinstance(data, str):
+        dataset = Path(data).name or None
+    accuracy = training.get("val_mean_accuracy")
+    return {
+        "arch": meta.arch,
+        "dataset": dataset,
+        "synthetic": None if synthetic is None else bool(synthetic),
+        "val_mean_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
+        "note": training.get("note"),
+    }
+
+
 def default_preprocess(model: nn.Module) -> PreprocessSpec:
     """The preprocessing a freshly built model expects: its input size, ImageNet statistics."""
     return PreprocessSpec(input_size=tuple(model.input_size))  # type: ignore[arg-type]
@@ -208,11 +242,27 @@ def save_checkpoint(
     return meta
 
 
+def new_temp_file(folder: Path, *, prefix: str, suffix: str) -> tuple[int, Path]:
+    """Create a new, empty file with a random name in ``folder``; return its fd and path.
+
+    Unlike :func:`tempfile.mkstemp` (always 0600), the file gets the permissions the umask
+    leaves of 0666, like any file a Unix tool writes: outputs renamed from it can be read
+    by the users the umask allows (e.g. host users reading what a container wrote).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -220,7 +270,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

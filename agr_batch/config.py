@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agr_batch import __version__, limits
+from agr_batch.clock import ALIGN_CHOICES, check_clock_window, resolve_tz
 from agr_batch.limits import MAX_BEST_K, MAX_GAP_S, MAX_REFRESH_EVERY, check_number
 
 
@@ -156,6 +157,9 @@ class ProcessingConfig:
         vote: Which faces of each track are classified.
         min_cell_count: Drop stats cells with fewer faces or people than this (0 = keep all).
         decoder: Video decoder: ``auto``, ``pyav`` or ``torchcodec`` (GPU).
+        align_windows: ``start`` (windows from each source's start) or ``clock`` (on the
+            wall clock of ``tz``: 15-minute windows at :00, :15, …).
+        tz: IANA time zone of the clock windows (None: this system's local time).
     """
 
     model: Path
@@ -175,6 +179,8 @@ class ProcessingConfig:
     vote: VoteConfig = field(default_factory=VoteConfig)
     min_cell_count: int = 0
     decoder: str = "auto"
+    align_windows: str = "start"
+    tz: str | None = None
 
     def __post_init__(self) -> None:
         check_number(
@@ -192,6 +198,13 @@ class ProcessingConfig:
         check_number(
             "--batch-size", self.batch_size, low=1, high=limits.MAX_BATCH_SIZE, integer=True
         )
+        if self.align_windows not in ALIGN_CHOICES:
+            raise ValueError(
+                f"--align-windows {self.align_windows}: choose one of {', '.join(ALIGN_CHOICES)}"
+            )
+        if self.align_windows == "clock":
+            check_clock_window(self.window_s)
+        resolve_tz(self.tz)  # an unknown name fails here, before any work
         check_number("queue size", self.queue_size, low=1, high=1024, integer=True)
         check_number(
             "in-flight frame bytes", self.max_inflight_bytes, low=1, high=2**48, integer=True

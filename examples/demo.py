@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -59,6 +60,13 @@ def build_example() -> tuple[Path, Path]:
     return video, photos
 
 
+def _marked_synthetic(checkpoint: Path) -> bool:
+    from agr_batch.checkpoint import read_payload
+
+    training = json.loads(read_payload(checkpoint)["metadata"]).get("training", {})
+    return training.get("synthetic") is True
+
+
 def demo_model() -> Path:
     """``$AGR_MODEL``, or a tiny model trained on synthetic faces (cached in examples/out)."""
     env = os.environ.get("AGR_MODEL")
@@ -66,8 +74,14 @@ def demo_model() -> Path:
         log.info("using AGR_MODEL=%s", env)
         return Path(env)
     cached = OUT / "demo-model.pt"
+    data = OUT / "synth"
+    if cached.exists() and not _marked_synthetic(cached):
+        # Trained by an older version, which did not record its data: the report would not
+        # know that the labels are meaningless. Train it again.
+        cached.unlink()
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(OUT / "run", ignore_errors=True)
     if not cached.exists():
-        data = OUT / "synth"
         if not (data / "fairface_label_val.csv").exists():
             _cli("agr-train", "synth", "--out", str(data), "--n", "1500", "--size", "96")
         stdout = _cli(
@@ -92,13 +106,17 @@ def main() -> int:
         "--out", str(stats), "--tracks", str(tracks), "--window", "5",
     )  # fmt: skip
     table = pq.read_table(stats).to_pandas()
-    table["source"] = table["source"].map(lambda s: Path(s).name)
+    table["source"] = table["source"].map(lambda s: os.path.relpath(s, OUT))
     print("\nStats table (" + str(stats) + "):")
     print(table.drop(columns=["start_time"]).to_string(index=False))
     people = pq.read_table(tracks).to_pandas()
     print(
         f"\n{len(people)} visitors, {int(people.faces.sum())} faces, "
         f"{int(people.classified_faces.sum())} classified; tracks in {tracks}"
+    )
+    print(
+        "\nA shareable HTML report (cells of fewer than 5 people suppressed):\n"
+        f"  agr-batch report {os.path.relpath(stats)} --out report.html"
     )
     if not os.environ.get("AGR_MODEL"):
         print(BANNER, file=sys.stderr)

@@ -112,7 +112,9 @@ def synth(out: str, n: int, seed: int, size: int, progress: bool) -> None:
     The faces are cartoons whose colours and shapes encode the labels (race: skin and hair
     colour; gender: hair shape, brows, lips; age: proportions, wrinkles, grey hair). They
     exercise the trainer and the processor; they say nothing about real faces and must never
-    be used to train or measure a model meant for people. Prints the folder.
+    be used to train or measure a model meant for people. The folder is marked synthetic
+    (agr_synth.json): models trained on it, and reports made with them, say so. Prints the
+    folder.
     """
     from trainer.synth import make_dataset
 
@@ -147,7 +149,9 @@ def synth(out: str, n: int, seed: int, size: int, progress: bool) -> None:
     help="Loader processes [default: 0 on <= 2 CPUs, else min(4, CPUs - 1)].",
 )
 @click.option(
-    "--resume", is_flag=True, help="Continue RUNDIR/last.pt exactly (starts fresh if absent)."
+    "--resume",
+    is_flag=True,
+    help="Continue the --out folder's last.pt exactly (starts fresh if absent).",
 )
 @click.option(
     "--patience",
@@ -214,10 +218,10 @@ def fit_command(
     amp: bool,
     progress: bool,
 ) -> None:
-    """Train ARCH on a FairFace-layout folder; print the best checkpoint's path last.
+    """Train --arch on the --data folder (FairFace layout); print the best checkpoint's path.
 
     Adam (lr 1e-4), batches of 64, up to 100 epochs, loss = weighted sum of the three heads'
-    cross-entropies. RUNDIR receives last.pt (every epoch; --resume continues it exactly),
+    cross-entropies. The --out folder receives last.pt (every epoch; --resume continues it),
     best.pt (best mean validation accuracy over the heads) and metrics.csv. Unreadable images
     are skipped and listed at the end; a label outside FairFace's vocabulary stops the run
     before training with the CSV file and row.
@@ -365,8 +369,8 @@ def table1_command(
 ) -> None:
     """Train the paper's Table-1 architectures with one recipe; write table1.md and .csv.
 
-    Each architecture trains into OUT/<arch> (a rerun resumes unfinished runs). Prints the
-    Markdown table.
+    Each architecture trains into the --out folder's <arch>/ (a rerun resumes unfinished
+    runs). Prints the Markdown table.
     """
     from trainer.table1 import Table1Config, render_markdown, run_table1
 

@@ -43,6 +43,7 @@ from trainer.hooks import (
     skipped_images,
 )
 from trainer.runtime import precision_for, seed_everything
+from trainer.synth import DATASET_NAME, is_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,16 @@ def _compare_resume_config(stored: Mapping[str, Any], config: FitConfig, path: P
 def _summary(
     config: FitConfig, n_train: int, n_val: int, precision: str, device: torch.device
 ) -> Any:
+    # Recorded so that reports and `agr-batch info` can name the data truthfully: a model
+    # trained on `agr-train synth` output knows nothing about real faces.
+    synthetic = is_synthetic(config.data)
+    dataset = DATASET_NAME if synthetic else f"{config.data.resolve().name} (FairFace layout)"
+
     def build(loop: TrainLoop, record: EpochRecord) -> dict[str, Any]:
         return {
             "data": str(config.data.resolve()),
+            "dataset": dataset,
+            "synthetic": synthetic,
             "device": str(device),
             "splits": {"train": n_train, "val": n_val},
             "epoch": record.epoch,

@@ -12,6 +12,9 @@ Layout (identical to FairFace's ``fairface-img-margin025-trainval`` release)::
     DIR/fairface_label_val.csv
     DIR/train/1.jpg ...            224×224 RGB JPEG chips (``size``)
     DIR/val/1.jpg ...
+    DIR/agr_synth.json             marks the folder as synthetic: ``agr-train fit`` records
+                                   it in the checkpoint, and reports and ``agr-batch info``
+                                   say so
 
 Each label drives its own visible features, drawn independently of the others:
 
@@ -33,18 +36,27 @@ byte-for-byte deterministic for a given seed, count and size.
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from agr_batch import __version__
 from agr_batch.labels import AGE, GENDER, RACE, VOCABULARIES
 
 log = logging.getLogger(__name__)
+
+MARKER = "agr_synth.json"
+"""The file that marks a folder as a synthetic data set (see :func:`is_synthetic`)."""
+
+DATASET_NAME = "agr-train synth (synthetic drawn faces)"
+"""How checkpoints trained on this data name their data set."""
 
 CSV_HEADER: tuple[str, ...] = ("file", "age", "gender", "race", "service_test")
 """FairFace's CSV columns, in order."""
@@ -423,6 +435,11 @@ def _face_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, SPLITS.index(split), index])
 
 
+def is_synthetic(data: str | Path) -> bool:
+    """Whether ``data`` is a folder written by :func:`make_dataset` (it holds the marker)."""
+    return (Path(data) / MARKER).is_file()
+
+
 def make_dataset(
     out: str | Path,
     n: int,
@@ -440,7 +457,7 @@ def make_dataset(
         seed: Seed; the same seed, ``n`` and ``size`` give byte-identical files.
         size: Image side in pixels (FairFace's chips are 224).
         val_fraction: Share of images in ``val/``.
-        progress: Show a progress bar (images written, of ``n``, with an ETA) on stderr.
+        progress: Show a progress bar (images written of ``n``, rate, ETA) on stderr.
 
     Returns:
         What was written.
@@ -461,7 +478,15 @@ def make_dataset(
     service = np.random.default_rng([seed, 2]).random(n) < 0.5
     parts = {"train": range(n_train), "val": range(n_train, n)}
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    bar = tqdm(total=n, desc="synth", unit="img", disable=not progress, leave=False)
+    root.mkdir(parents=True, exist_ok=True)
+    # Written first: a half-written folder is synthetic too.
+    marker = {
+        "synthetic": True, "generator": "agr-train synth", "dataset": DATASET_NAME,
+        "agr_batch_version": __version__, "n": n, "seed": seed, "size": size,
+        "note": "TEST DATA ONLY: cartoon faces whose labels are arbitrary codes",
+    }  # fmt: skip
+    (root / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    bar = _progress_bar(n) if progress else None
     for split, indices in parts.items():
         (root / split).mkdir(parents=True, exist_ok=True)
         rows = []
@@ -479,6 +504,8 @@ def make_dataset(
             bar.update(1)
             lab = labels[i]
             rows.append((rel, lab.age, lab.gender, lab.race, str(bool(service[i]))))
+            if bar is not None:
+                bar.update(1)
         with open(root / f"fairface_label_{split}.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(CSV_HEADER)
@@ -487,7 +514,8 @@ def make_dataset(
             head: dict(Counter(getattr(labels[i], head) for i in indices))
             for head in ("age", "gender", "race")
         }
-    bar.close()
+    if bar is not None:
+        bar.close()
     log.info(
         "synth: wrote %d train + %d val synthetic faces (%d px, seed %d) to %s — TEST DATA ONLY",
         n_train,
@@ -499,3 +527,10 @@ def make_dataset(
     return SynthSummary(
         root=root, n_train=n_train, n_val=n_val, size=size, seed=seed, counts=counts
     )
+
+
+def _progress_bar(total: int) -> Any:
+    """A bar of images written out of ``total``, with rate and ETA, on stderr."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="synth", unit="img", file=sys.stderr, dynamic_ncols=True)

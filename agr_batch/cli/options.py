@@ -58,6 +58,16 @@ _PROCESSING_OPTIONS = [
     click.option(
         "--window", "window_s", default=60.0, show_default=True, help="Aggregation window, s."
     ),
+    click.option(
+        "--align-windows",
+        default="start",
+        show_default=True,
+        type=click.Choice(["start", "clock"]),
+        help="Windows from each file's start, or on the wall clock (:00, :15, … for 900 s).",
+    ),
+    click.option(
+        "--tz", help="Time zone of clock windows, e.g. Europe/Berlin (default: local time)."
+    ),
     click.option("--detector", default="centerface", show_default=True, help="Face detector."),
     click.option(
         "--detector-model", type=click.Path(dir_okay=False), help="Detector weights (scrfd)."
@@ -110,7 +120,7 @@ _PROCESSING_OPTIONS = [
         "--min-cell-count",
         default=0,
         show_default=True,
-        help="Drop stats cells with fewer faces or people than this (privacy; 0 = keep all).",
+        help="Drop stats cells with fewer distinct people or faces than this (0 = keep all).",
     ),
     click.option(
         "--executor",
@@ -203,6 +213,8 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
         ),
         "min_cell_count": opts["min_cell_count"],
         "decoder": opts["decoder"],
+        "align_windows": opts["align_windows"],
+        "tz": opts["tz"],
     }
 
 

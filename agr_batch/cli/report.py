@@ -17,19 +17,18 @@ __all__ = ["report"]
     "--min-cell-count",
     default=5,
     show_default=True,
-    help="Drop cells with fewer faces or visitors than this (0 = keep all).",
+    help="Suppress chart cells with fewer distinct people or faces than this (0 = show all).",
 )
-def report(stats: str, out: str, png_dir: str | None, min_cell_count: int) -> None:
+@click.option("--tz", help="Time zone of the time charts, e.g. Europe/Berlin (default: local).")
+def report(stats: str, out: str, png_dir: str | None, min_cell_count: int, tz: str | None) -> None:
     """Write a self-contained HTML report of a stats table or scanned dataset."""
     from agr_batch.commands.report import build_report
 
     setup_logging(0, quiet=True)
     try:
-        data = build_report(stats, out, min_cell_count=min_cell_count, png_dir=png_dir)
+        data = build_report(stats, out, min_cell_count=min_cell_count, png_dir=png_dir, tz=tz)
     except (FileNotFoundError, ValueError, OSError) as e:
         fail(str(e))
-    click.echo(
-        f"wrote {out}: {int(data.table.faces.sum()) if len(data.table) else 0} faces; "
-        f"{data.suppressed_cells} small cells suppressed ({data.suppressed_faces} faces)",
-        err=True,
-    )
+    click.echo(data.summary_line(out), err=True)
+    if data.notice:
+        click.echo(f"agr-batch: {data.notice}", err=True)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from agr_batch.checkpoint import load_checkpoint
+from agr_batch.checkpoint import describe_model, load_checkpoint
 from agr_batch.models import count_parameters, gflops_per_face
 
 
@@ -31,14 +31,26 @@ class CheckpointInfo:
     created: str
     weights_sha256: str
     file_sha256: str
+    dataset: str | None
+    synthetic: bool | None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     def to_text(self) -> str:
-        """Human-readable lines."""
-        lines = [
+        """Human-readable lines; a synthetic model's start with a banner that says so."""
+        lines = []
+        if self.synthetic:
+            lines += [
+                "!" * 78,
+                "!! SYNTHETIC MODEL: trained on `agr-train synth` cartoon faces, not on photos",
+                "!! of people. Its age, gender and race labels are MEANINGLESS on real faces,",
+                "!! and its validation accuracy below is measured on synthetic faces.",
+                "!! For real labels train on FairFace (README: Getting a real model).",
+                "!" * 78,
+            ]
+        lines += [
             f"checkpoint    {self.path}",
             f"arch          {self.arch} {self.overrides or ''}".rstrip(),
             f"parameters    {self.parameters:,} ({self.parameters / 1e6:.2f} M)",
@@ -49,6 +61,11 @@ class CheckpointInfo:
         ]
         for head, names in self.labels.items():
             lines.append(f"{head + ' labels':<14}{', '.join(names)}")
+        if self.synthetic is None:
+            data = f"{self.dataset} (not recorded whether synthetic)" if self.dataset else None
+        else:
+            data = f"{self.dataset} ({'SYNTHETIC' if self.synthetic else 'not synthetic'})"
+        lines.append(f"{'trained on':<14}{data or 'not recorded'}")
         for key, value in self.training.items():
             lines.append(f"{'training':<14}{key}: {value}")
         lines += [
@@ -64,6 +81,7 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Load ``path`` and summarise it."""
     ckpt = load_checkpoint(path)
     meta = ckpt.meta
+    described = describe_model(meta)
     return CheckpointInfo(
         path=str(path),
         arch=meta.arch,
@@ -82,4 +100,6 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         created=meta.created,
         weights_sha256=meta.weights_sha256,
         file_sha256=ckpt.file_sha256,
+        dataset=described["dataset"],
+        synthetic=described["synthetic"],
     )

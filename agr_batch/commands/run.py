@@ -15,7 +15,7 @@ from agr_batch.pipeline import Pipeline, SourceResult, WorkItem, create_pipeline
 from agr_batch.pipeline.progress import Progress
 from agr_batch.pipeline.sink import ResultSink, SourceOrder
 from agr_batch.pipeline.work import group_sequences
-from agr_batch.stages.aggregate import FACES_SCHEMA
+from agr_batch.stages.aggregate import FACES_SCHEMA, everything_suppressed
 from agr_batch.stages.decode.media import Discovery, discover
 from agr_batch.storage.safety import check_outputs
 from agr_batch.storage.sinks import OutputSet
@@ -188,6 +188,8 @@ def _run(
             sink = ResultSink(
                 info.labels,
                 window_s=config.window_s,
+                align=config.align_windows,
+                tz=config.tz,
                 faces=None if faces_writer is None else faces_writer.write,
                 keep_tracks=config.tracks_out is not None,
             )
@@ -206,7 +208,11 @@ def _run(
         )
         summary.suppressed_faces = sink.suppressed.faces
         summary.suppressed_cells = sink.suppressed.cells
-        if sink.suppressed.cells:
+        if sink.suppressed.everything:
+            faces = sink.suppressed.faces
+            msg = everything_suppressed(config.min_cell_count, faces=faces, where=str(config.out))
+            log.warning("%s", msg)
+        elif sink.suppressed.cells:
             log.info(
                 "suppressed %d cells (%d faces) below --min-cell-count %d",
                 sink.suppressed.cells,

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from agr_batch import __version__
+from agr_batch.checkpoint import new_temp_file
 from agr_batch.storage.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class EngineCache:
         path = self.verdict_path(backend, fields)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {**verdict, "fields": json.loads(json.dumps(fields, default=str))}
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = new_temp_file(path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
         os.replace(tmp_name, path)
@@ -146,7 +146,7 @@ class EngineCache:
         key = self.key(fields)
         artifact, sidecar = self.paths(backend, key, suffix)
         artifact.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=suffix, dir=artifact.parent)
+        fd, tmp_name = new_temp_file(artifact.parent, prefix=f".{key}.", suffix=suffix)
         os.close(fd)
         tmp = Path(tmp_name)
         try:

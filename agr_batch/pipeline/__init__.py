@@ -98,6 +98,7 @@ class SourceResult:
         tracks: Its finished, classified tracks (people). A window's tracks keep the faces
             of its overlap, which stitching needs.
         error: One-line reason when the item failed (its partial tracks are kept).
+        processed_s: End of the span decoded, seconds from the start (None: not known).
     """
 
     item: WorkItem
@@ -106,6 +107,7 @@ class SourceResult:
     start_time: dt.datetime | None
     tracks: tuple[TrackResult, ...]
     error: str | None
+    processed_s: float | None = None
 
     @property
     def media(self) -> Media:
@@ -116,6 +118,17 @@ class SourceResult:
     def faces(self) -> int:
         """Faces over all tracks."""
         return sum(len(t) for t in self.tracks)
+
+    @property
+    def covered_s(self) -> float | None:
+        """End of the span processed, for the coverage rows; None when nothing was."""
+        if self.processed_s is not None:
+            return self.processed_s
+        if self.frames == 0:
+            return None
+        if self.error is None and self.duration_s is not None:
+            return self.duration_s
+        return max((t.last_time for t in self.tracks), default=0.0)
 
 
 @dataclass(frozen=True)

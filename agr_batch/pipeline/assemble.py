@@ -30,6 +30,7 @@ class _ItemState:
     frames: int = 0
     start_time: Any = None
     duration_s: float | None = None
+    processed_s: float | None = None
     error: str | None = None
     ended: bool = False
     open_tracks: set[int] = field(default_factory=set)
@@ -124,11 +125,23 @@ class SourceAssembler:
             self.voter.end_track(st.item.source, tid + st.id_offset)
         self._collect(self.voter.pop_finished())
 
-    def end(self, key: int, *, duration_s: float | None, error: str | None) -> None:
-        """Item ``key`` has no more frames."""
+    def end(
+        self,
+        key: int,
+        *,
+        duration_s: float | None,
+        error: str | None,
+        frames: int = 0,
+        last_time_s: float | None = None,
+    ) -> None:
+        """Item ``key`` has no more frames (``frames`` decoded, the last at ``last_time_s``)."""
         st = self._items[key]
         st.ended = True
         st.duration_s = duration_s
+        if frames:
+            # Decoded to the end: the whole duration; else up to the last frame decoded.
+            whole = error is None and duration_s is not None
+            st.processed_s = duration_s if whole else (last_time_s or 0.0)
         if error is not None:
             self.fail(key, error)
         self._collect([])
@@ -156,6 +169,7 @@ class SourceAssembler:
                         st.start_time,
                         tuple(st.tracks),
                         st.error,
+                        st.processed_s,
                     )
                 )
                 self.times.write += time.perf_counter() - t0

@@ -149,7 +149,13 @@ class LocalPipeline(Pipeline):
                 elif isinstance(msg, stream.FrameFailed):
                     assembler.fail(msg.key, msg.error)
                 elif isinstance(msg, stream.ItemEnd):
-                    assembler.end(msg.key, duration_s=msg.duration_s, error=msg.error)
+                    assembler.end(
+                        msg.key,
+                        duration_s=msg.duration_s,
+                        error=msg.error,
+                        frames=msg.frames,
+                        last_time_s=msg.last_time_s,
+                    )
             assembler.finish()
         finally:
             stop.set()
@@ -178,7 +184,7 @@ class _Loaded:
 
     @classmethod
     def load(cls, config: ProcessingConfig, *, threads: int | None) -> _Loaded:
-        from agr_batch.checkpoint import load_checkpoint
+        from agr_batch.checkpoint import describe_model, load_checkpoint
         from agr_batch.device import resolve_device
         from agr_batch.engines import engine_for_checkpoint
         from agr_batch.stages.classify import Classifier
@@ -187,6 +193,12 @@ class _Loaded:
 
         device = resolve_device(config.device)
         checkpoint = load_checkpoint(config.model, device=device)
+        if describe_model(checkpoint.meta)["synthetic"]:
+            log.warning(
+                "%s was trained on synthetic faces (agr-train synth): its age, gender and "
+                "race labels are meaningless; face and visitor counts are real",
+                config.model,
+            )
         engine = engine_for_checkpoint(
             config.backend,
             checkpoint,
@@ -224,6 +236,8 @@ class _Loaded:
                 "backend_resolved": engine.name,
                 "precision_resolved": engine.precision,
                 "decoder_resolved": decoder,
+                # Reports name the model's training data truthfully from this.
+                "model_training": describe_model(meta),
             },
         )
         return cls(checkpoint, classifier, detector, info)

@@ -52,6 +52,8 @@ class ResultSink:
     Args:
         labels: Class names per head.
         window_s: Aggregation window in seconds.
+        align: ``start`` (windows from each source's start) or ``clock`` (on the wall clock).
+        tz: Time zone of clock windows (None: local time).
         faces: Called with each result's per-face rows (None: no faces table).
         keep_tracks: Keep the tracks for :meth:`tracks` (a tracks table is wanted).
     """
@@ -61,11 +63,13 @@ class ResultSink:
         labels: Mapping[str, tuple[str, ...]],
         *,
         window_s: float,
+        align: str = "start",
+        tz: str | None = None,
         faces: Callable[[pa.Table], None] | None = None,
         keep_tracks: bool = False,
     ) -> None:
         self.labels = labels
-        self.aggregator = StatsAggregator(labels, window_s=window_s)
+        self.aggregator = StatsAggregator(labels, window_s=window_s, align=align, tz=tz)
         self._faces = faces
         self._keep_tracks = keep_tracks
         self._tracks: list[TrackResult] = []
@@ -76,7 +80,9 @@ class ResultSink:
         self.aggregator.add_source(source, result.media.kind, result.start_time)
         for track in result.tracks:
             self.aggregator.add(track)
-        self.aggregator.finish_source(source, duration_s=result.duration_s)
+        self.aggregator.finish_source(
+            source, duration_s=result.duration_s, covered_s=result.covered_s
+        )
         if self._faces is not None and result.tracks:
             self._faces(sorted_faces(result.tracks, self.labels))
         if self._keep_tracks:

@@ -132,6 +132,7 @@ def stitch_segments(
         next((p.start_time for p in parts if p.start_time is not None), None),
         renumbered,
         next((p.error for p in parts if p.error is not None), None),
+        max((p.processed_s for p in parts if p.processed_s is not None), default=None),
     )
 
 

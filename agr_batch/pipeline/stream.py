@@ -48,11 +48,16 @@ class ItemStart:
 
 @dataclass(frozen=True)
 class ItemEnd:
-    """Item ``key`` has no more frames (``error``: why it stopped early, if it did)."""
+    """Item ``key`` has no more frames (``error``: why it stopped early, if it did).
+
+    ``frames`` were decoded, the last one at ``last_time_s`` seconds (for the coverage rows).
+    """
 
     key: int
     duration_s: float | None
     error: str | None
+    frames: int = 0
+    last_time_s: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,11 +165,14 @@ def decode_worker(
                 _put(out, ItemEnd(key, None, _decode_error(item, e)), stop)
                 continue
             _put(out, ItemStart(key, item, opened.expected_frames), stop)
+            count, last_time = 0, None
             try:
                 for frame in _timed(opened.frames, times):
                     if not budget.acquire(frame.image.nbytes, stop):
                         raise _CancelledError
                     _put(out, FrameOf(key, frame), stop)
+                    count += 1
+                    last_time = frame.time_s
             except _CancelledError:
                 raise
             except Exception as e:
@@ -172,7 +180,7 @@ def decode_worker(
             if opened.problems and error is None:
                 more = len(opened.problems) - 1
                 error = opened.problems[0] + (f" (and {more} more in the sequence)" if more else "")
-            _put(out, ItemEnd(key, opened.duration_s, error), stop)
+            _put(out, ItemEnd(key, opened.duration_s, error, count, last_time), stop)
         _put(out, DONE, stop)
     except _CancelledError:
         return

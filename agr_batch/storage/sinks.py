@@ -64,7 +64,8 @@ class _TempFile:
         while True:
             path = final.parent / f".{final.name}.agr-{secrets.token_hex(6)}.tmp"
             try:
-                self._fd = os.open(path, flags, 0o644)
+                # 0666 less the umask, as any Unix tool creates files.
+                self._fd = os.open(path, flags, 0o666)
                 break
             except FileExistsError:
                 continue

@@ -201,3 +201,13 @@ def test_preprocess_output_is_contiguous_nchw():
     spec = PreprocessSpec(input_size=(8, 8))
     x = chips_to_tensor(torch.zeros(3, 8, 8, 3, dtype=torch.uint8).numpy(), spec)
     assert x.is_contiguous()
+
+
+def test_info_says_when_the_training_data_is_not_recorded(tiny_ckpt):
+    path, _ = tiny_ckpt
+    result = CliRunner().invoke(main, ["info", str(path)])
+    assert "trained on    not recorded" in result.output and "SYNTHETIC" not in result.output
+    assert (
+        json.loads(CliRunner().invoke(main, ["info", str(path), "--json"]).output)["synthetic"]
+        is None
+    )

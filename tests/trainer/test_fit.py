@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from trainer.data import read_split
 from trainer.evaluation import evaluate_checkpoint
 from trainer.fit import FitConfig, FitError, fit
 from trainer.hooks import METRIC_COLUMNS, EarlyStoppingHook, EpochRecord, Hook, TrainState
+from trainer.synth import MARKER
 
 # Twice chance per head (gender: 0.75).
 THRESHOLDS = {"age": 2 / 9, "race": 2 / 7, "gender": 0.75}
@@ -55,6 +57,7 @@ def test_run_folder(tiny_run, synth_data):
     assert ckpt.meta.preprocess == PreprocessSpec(input_size=(64, 64))
     training = ckpt.meta.training
     assert training["data"] == str(synth_data.root.resolve())
+    assert training["synthetic"] is True and "synth" in training["dataset"]
     assert training["epoch"] == tiny_run.best_epoch and training["epochs"] == 5
     assert training["recipe"]["optimizer"] == "Adam" and training["recipe"]["lr"] == 1e-3
     assert set(training["val_accuracy"]) == {"age", "gender", "race"}
@@ -204,3 +207,36 @@ def test_cli_rejects_unknown_arch(small_data, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "resnet35" in result.stderr
+
+
+def test_checkpoints_name_their_data_and_info_flags_a_synthetic_model(small_data, tmp_path):
+    from agr_batch.cli import main as agr_batch
+
+    plain = tmp_path / "faces-data"  # the same images without the synthetic marker
+    shutil.copytree(small_data.root, plain)
+    (plain / MARKER).unlink()
+    infos = {}
+    for name, data in (("synth", small_data.root), ("plain", plain)):
+        args = ["fit", "--data", str(data), "--arch", "tiny", "--out", str(tmp_path / name)]
+        result = CliRunner().invoke(main, [*args, "--epochs", "1"])
+        assert result.exit_code == 0, result.output
+        best = str(tmp_path / name / "best.pt")
+        text = CliRunner().invoke(agr_batch, ["info", best])
+        as_json = CliRunner().invoke(agr_batch, ["info", best, "--json"])
+        assert text.exit_code == 0 and as_json.exit_code == 0, text.output
+        infos[name] = (text.output, json.loads(as_json.output))
+    text, data = infos["synth"]
+    assert text.startswith("!" * 78) and "SYNTHETIC MODEL" in text.splitlines()[1]
+    assert "MEANINGLESS" in text and data["synthetic"] is True
+    assert "trained on    agr-train synth (synthetic drawn faces) (SYNTHETIC)" in text
+    text, data = infos["plain"]
+    assert "SYNTHETIC" not in text and data["synthetic"] is False
+    assert "trained on    faces-data (FairFace layout) (not synthetic)" in text
+    assert data["dataset"] == "faces-data (FairFace layout)"
+
+
+def test_help_names_the_options_it_describes():
+    for command in ("fit", "table1"):
+        text = CliRunner().invoke(main, [command, "--help"]).output
+        assert "RUNDIR" not in text and "OUT/" not in text and "ARCH on" not in text
+        assert "--out folder" in text

@@ -14,8 +14,10 @@ from agr_batch.labels import AGE, GENDER, RACE
 from trainer.cli import main
 from trainer.synth import (
     FAIRFACE_TRAIN_COUNTS,
+    MARKER,
     FaceLabels,
     draw_face,
+    is_synthetic,
     make_dataset,
     sample_labels,
 )
@@ -53,7 +55,7 @@ def test_deterministic_for_a_seed(tmp_path):
     b = make_dataset(tmp_path / "b", 12, seed=7, size=64).root
     c = make_dataset(tmp_path / "c", 12, seed=8, size=64).root
     assert _digest(a) == _digest(b)
-    assert len(_digest(a)) == 12 + 2
+    assert len(_digest(a)) == 12 + 3  # images, two CSV files and the synthetic marker
     assert _digest(a) != _digest(c)
 
 
@@ -111,9 +113,12 @@ def test_rejects_bad_arguments(tmp_path):
         make_dataset(tmp_path, 10, size=16)
 
 
-def test_progress_bar_has_the_total(tmp_path, capsys):
-    make_dataset(tmp_path / "d", 12, size=32, progress=True)
+def test_marked_synthetic_and_progress_has_total_and_eta(tmp_path, capsys):
+    from agr_batch.checkpoint import SYNTH_MARKER
+
+    make_dataset(tmp_path / "d", 20, seed=1, size=64, progress=True)
     err = capsys.readouterr().err
-    assert "synth:   0%" in err and "| 0/12 [" in err
-    make_dataset(tmp_path / "e", 12, size=32)
-    assert "| 0/12 [" not in capsys.readouterr().err  # no bar unless asked for
+    # tqdm's line: "synth: 100%|...| 20/20 [00:01<00:00, 15.2img/s]": total, share, ETA.
+    assert "20/20" in err and "100%" in err and "<00:00" in err and "img/s" in err
+    assert MARKER == SYNTH_MARKER and is_synthetic(tmp_path / "d")
+    assert not is_synthetic(tmp_path)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agr_batch.clock import tz_label
 from agr_batch.commands.scan.fileid import FileStat, file_stat
 from agr_batch.commands.scan.state import FileRow, covered
 from agr_batch.stages.decode.media import MediaFile, discover
@@ -154,6 +155,10 @@ def table_settings(config: ScanConfig) -> dict[str, Any]:
         "vote": vars(config.vote),
         "min_cell_count": config.min_cell_count,
     }
+    if config.align_windows != "start":
+        # Only when set: datasets built before these options existed stay comparable.
+        settings["align_windows"] = config.align_windows
+        settings["tz"] = config.tz or tz_label(None)
     # As stored: compared with what earlier scans recorded.
     return dict(json.loads(json.dumps(settings, sort_keys=True, default=str)))
 

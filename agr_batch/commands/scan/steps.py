@@ -80,6 +80,12 @@ def scan_locked(
                 config, dataset, state, plan.work, run_id, summary, pipeline, progress,
                 on_error, sig, tables, lock,
             )  # fmt: skip
+            if summary.faces and summary.suppressed_faces == summary.faces:
+                from agr_batch.stages.aggregate import everything_suppressed
+
+                where = "the rows of this scan"
+                msg = everything_suppressed(config.min_cell_count, faces=summary.faces, where=where)
+                log.warning("%s", msg)
         if plan.changes or not (dataset.root / "_errors.parquet").exists():
             dataset.write_errors(state)
         state.finish_run(
@@ -263,13 +269,15 @@ def _process(
             sink = ResultSink(
                 info.labels,
                 window_s=config.window_s,
+                align=config.align_windows,
+                tz=config.tz,
                 faces=faces.append if config.write_faces else None,
                 keep_tracks=config.write_tracks,
             )
             sink.add(result)
             stats = sink.stats(min_cell_count=config.min_cell_count)
             summary.suppressed_faces += sink.suppressed.faces
-            if len(stats):
+            if len(stats):  # a file processed has rows: its windows, with faces = 0 if nobody
                 parts["stats"] = stats
             if faces:
                 parts["faces"] = faces[0]

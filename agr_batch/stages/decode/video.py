@@ -150,7 +150,8 @@ def video_frames(
         Frames with ``time_s`` in seconds from the stream's start, ``frame_index`` the index
         of the frame in the stream (in keyframes-only mode, the index of the keyframe's packet,
         which equals its frame index in closed-GOP streams such as x264's default), and
-        ``start_time`` from the container's ``creation_time`` (else the file's mtime).
+        ``start_time`` from the container's ``creation_time`` (else the file's mtime less
+        the duration: the mtime is when the recording ended).
 
     Raises:
         SourceError: If the file cannot be opened or has no video stream (on the first
@@ -170,7 +171,7 @@ def video_frames(
             stream.codec_context.skip_frame = "NONKEY"
         elif skip_nonref:
             stream.codec_context.skip_frame = "NONREF"
-        start_time = _container_start_time(container) or mtime(path)
+        start_time = _video_start_time(path, container)
         time_base = stream.time_base or Fraction(1, 1_000_000)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
         origin = stream.start_time  # PTS of the stream's start, in time_base units
@@ -298,7 +299,7 @@ class StreamFacts:
         origin: PTS of the stream's start (None: the first frame's PTS).
         rate: Average frame rate (30 when the container does not say).
         rotation: Counter-clockwise display rotation in degrees.
-        start_time: Recording start (``creation_time``, else the file's mtime).
+        start_time: Recording start (``creation_time``, else the mtime less the duration).
     """
 
     time_base: Fraction
@@ -326,7 +327,7 @@ def stream_facts(path: Path, container: av.container.InputContainer) -> StreamFa
         origin=stream.start_time,
         rate=float(stream.average_rate or stream.guessed_rate or 0) or 30.0,
         rotation=rotation,
-        start_time=_container_start_time(container) or mtime(path),
+        start_time=_video_start_time(path, container),
     )
 
 
@@ -354,11 +355,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         width, height = stream.codec_context.width, stream.codec_context.height
         if round(rotation / 90) % 2:
             width, height = height, width
-        duration: float | None = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
+        duration = _duration(container)
         fps = stream.average_rate or stream.guessed_rate
         return VideoInfo(
             duration_s=duration,
@@ -413,6 +410,32 @@ def open_container(path: Path) -> av.container.InputContainer:
 def ffmpeg_reason(e: av.FFmpegError) -> str:
     """FFmpeg's error text without PyAV's errno and file-name decoration."""
     return str(getattr(e, "strerror", None) or e)
+
+
+def _duration(container: av.container.InputContainer) -> float | None:
+    """The first video stream's duration (else the container's), seconds; None if unknown."""
+    stream = container.streams.video[0]
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def _video_start_time(path: Path, container: av.container.InputContainer) -> dt.datetime:
+    """When a recording started: ``creation_time``, else the file's mtime less the duration.
+
+    A recorder's mtime is its last write, the END of the recording: taken as the start, it
+    would shift every window late by the clip's length.
+    """
+    found = _container_start_time(container)
+    if found is not None:
+        return found
+    duration = _duration(container)
+    finished = mtime(path)
+    if duration is None or not math.isfinite(duration) or duration <= 0:
+        return finished
+    return finished - dt.timedelta(seconds=duration)
 
 
 def _container_start_time(container: av.container.InputContainer) -> dt.datetime | None:

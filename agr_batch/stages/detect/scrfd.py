@@ -83,7 +83,8 @@ class SCRFD:
                 where = Path(root).expanduser() / "models" / "*"
                 raise DetectorError(
                     f"scrfd: no model file found (looked for {' or '.join(MODEL_PATTERNS)} "
-                    f"in {where}); pass model_path=... to a file you have — note that {_LICENSE}"
+                    f"in {where}); pass --detector-model FILE with a SCRFD .onnx you have "
+                    f"— note that {_LICENSE}"
                 )
             path = found
         else:

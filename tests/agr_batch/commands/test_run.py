@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from agr_batch.cli import main
 from agr_batch.commands.run import run
@@ -69,12 +72,16 @@ def test_stats_invariant_windows_and_metadata(scene_run, tiny_checkpoint):
     assert stats.visitors.sum() == 6
     assert list(stats.columns) == [
         "source", "window_start", "window_end", "age", "gender", "race",
-        "faces", "visitors", "start_time",
+        "faces", "visitors", "start_time", "people", "footage_s",
     ]  # fmt: skip
     assert sorted(stats.window_start.unique()) == [0.0, 2.0, 4.0]
     assert stats.window_end.max() == pytest.approx(6.0, abs=0.05)
     # Visitors are counted in the window where each track starts.
     assert stats[stats.window_start > 0].visitors.sum() == 0
+    # ... while everyone present in a window counts among its people.
+    assert (stats.groupby("window_start").people.sum() == 6).all()
+    windows = stats.drop_duplicates(["source", "window_start"])
+    assert windows.footage_s.tolist() == pytest.approx([2.0, 2.0, 2.0], abs=0.05)
     assert stats.start_time.notna().all()
     meta = read_metadata(config.out)
     from agr_batch.storage.hashing import sha256_file
@@ -217,17 +224,24 @@ def test_usage_errors_exit_2(tmp_path, tiny_checkpoint):
     assert not Path(tmp_path / "o.parquet").exists()
 
 
-def test_min_cell_count_suppresses_and_reports(tmp_path, tiny_checkpoint):
+def test_min_cell_count_suppresses_and_reports(tmp_path, tiny_checkpoint, caplog):
+    caplog.set_level(logging.WARNING, logger="agr_batch")  # whatever earlier tests set
     out = tmp_path / "o.parquet"
-    result = _run_cli(
-        str(photos_dir() / "t1.jpg"), "--out", str(out), "--model", str(tiny_checkpoint),
+    result = CliRunner().invoke(main, [
+        "run", str(photos_dir() / "t1.jpg"), "--out", str(out), "--model", str(tiny_checkpoint),
         "--min-cell-count", "7", "--json",
-    )  # fmt: skip
+    ])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     # Six people in one photo: every cell has fewer than 7 faces, so all are suppressed.
     assert summary["faces"] == 6 and summary["suppressed_faces"] == 6
-    assert pq.read_table(out).num_rows == 0
+    # The photo's coverage row remains: processed, its counts withheld (null), not zero.
+    (row,) = pq.read_table(out).to_pylist()
+    assert row["faces"] is None and row["race"] is None and row["footage_s"] == 0.0
+    # ... and the run says why, and which option changes it (a warning: even with --json).
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "everything in" in warning.message and "--min-cell-count 7" in warning.message
+    assert "lower --min-cell-count" in warning.message
     assert read_metadata(out)["min_cell_count"] == 7
 
 
@@ -291,3 +305,30 @@ def test_faces_and_tracks_tables_are_sorted(scene_video, tiny_checkpoint, tmp_pa
     keys = ["source", "first_time_s"]
     assert tracks[keys].equals(tracks.sort_values(keys)[keys].reset_index(drop=True))
     assert len(tracks) == 12 and len(faces) == 6 * 12 + 6
+
+
+def test_windows_where_nobody_was_seen_have_rows_with_zero_faces(tmp_path, tiny_checkpoint, t1_rgb):
+    from tests import media
+
+    grey = np.full_like(t1_rgb, 96)
+    # Six people during the first second, then an empty scene for three seconds.
+    media.make_video(tmp_path / "lobby.mp4", [t1_rgb, grey, grey, grey], seconds=4, fps=10,
+                     size=(640, 480))  # fmt: skip
+    media.make_video(tmp_path / "empty.mp4", [grey], seconds=2.5, fps=10, size=(320, 240))
+    Image.fromarray(grey).save(tmp_path / "nobody.png")
+    out = tmp_path / "stats.parquet"
+    inputs = [str(tmp_path / n) for n in ("lobby.mp4", "empty.mp4", "nobody.png")]
+    result = _run_cli(*inputs, "--out", str(out), "--model", str(tiny_checkpoint), "--window", "1")
+    assert result.exit_code == 0, result.output
+    stats = pq.read_table(out).to_pandas()
+    per_window = stats.groupby(["source", "window_start"]).agg(
+        faces=("faces", "sum"), footage=("footage_s", "first"), rows=("faces", "size")
+    )
+    lobby = per_window.loc[inputs[0]]
+    assert lobby.faces.tolist()[:1] == [12] and lobby.faces.tolist()[1:] == [0, 0, 0]
+    assert lobby.footage.tolist() == pytest.approx([1.0] * 4, abs=0.05)
+    empty = stats[stats.source == inputs[1]]
+    assert empty.faces.tolist() == [0, 0, 0] and empty.race.isna().all()
+    assert empty.footage_s.tolist() == pytest.approx([1.0, 1.0, 0.5], abs=0.05)
+    photo = stats[stats.source == inputs[2]]
+    assert photo.faces.tolist() == [0] and photo.footage_s.tolist() == [0.0]

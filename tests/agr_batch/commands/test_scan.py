@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 import signal
@@ -286,3 +287,33 @@ def test_symlink_loop_and_dangling_link(tmp_path, tiny_checkpoint):
     assert s.processed == 1 and _faces_by_source(ds) == expected
     assert len(errors) == 1 and "dangling.jpg" in errors[0]
     assert np.isclose(s.faces, GROUP)
+
+
+def test_every_file_scanned_has_rows_even_without_faces_on_clock_windows(tmp_path, tiny_checkpoint):
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    expected = _camera(root, n_group=1, n_single=0)
+    empty = root / "cam3" / "nobody.png"
+    empty.parent.mkdir(parents=True)
+    Image.fromarray(np.full((240, 320, 3), 96, np.uint8)).save(empty)
+    os.utime(empty, (time.time() - 600, time.time() - 600))
+    s = scan(_config(root, ds, tiny_checkpoint, align_windows="clock", tz="UTC", window_s=900))
+    assert s.processed == 2 and s.exit_code == 0
+    table = pads.dataset(ds, partitioning="hive").to_table().to_pandas()
+    nobody = table[table.source == str(empty)]
+    assert nobody.faces.tolist() == [0] and nobody.race.isna().all()  # processed: nobody
+    assert _faces_by_source(ds) == {**expected, str(empty): 0}
+    assert {"people", "footage_s"} <= set(table.columns)
+
+
+def test_a_scan_whose_rows_are_all_suppressed_says_why(tmp_path, tiny_checkpoint, caplog):
+    caplog.set_level(logging.WARNING, logger="agr_batch")  # whatever earlier tests set
+    root, ds = tmp_path / "root", tmp_path / "ds"
+    _camera(root, n_group=1, n_single=0)  # six people
+    s = scan(_config(root, ds, tiny_checkpoint, min_cell_count=7))
+    assert s.processed == 1 and s.suppressed_faces == s.faces == GROUP
+    (warning,) = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert "everything in the rows of this scan was suppressed" in warning
+    assert "--min-cell-count 7" in warning and "lower --min-cell-count" in warning
+    # The file's window is still there, its counts withheld (null), not zero.
+    table = pads.dataset(ds, partitioning="hive").to_table().to_pandas()
+    assert len(table) == 1 and table.faces.isna().all()

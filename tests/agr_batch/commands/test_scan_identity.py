@@ -216,6 +216,8 @@ def test_other_processing_options_are_refused_with_the_difference(tmp_path, tiny
         scan(_config(root, ds, tiny_checkpoint, sample_fps=1.0))
     with pytest.raises(ScanOptionsError, match="window_s"):
         scan(_config(root, ds, tiny_checkpoint, window_s=10.0))
+    with pytest.raises(ScanOptionsError, match=r"align_windows None -> 'clock'"):
+        scan(_config(root, ds, tiny_checkpoint, align_windows="clock", tz="UTC"))
     with pytest.raises(ScanOptionsError, match="model_sha256"):
         other = tmp_path / "other.pt"
         other.write_bytes(tiny_checkpoint.read_bytes() + b"x")

@@ -103,3 +103,119 @@ def test_small_cells_are_suppressed_by_faces_and_by_people():
     assert agg.suppressed.cells == 2
     assert agg.suppressed.faces == 8 + 2 and agg.suppressed.visitors == 1 + 2
     assert agg.table(min_cell_count=1).num_rows == 3
+
+
+def _simple(rows):
+    return [
+        (r["window_start"], r["window_end"], r["race"], r["faces"], r["people"], r["footage_s"])
+        for r in rows
+    ]
+
+
+def test_every_window_covered_has_a_row_with_its_footage():
+    agg = StatsAggregator(VOCABULARIES, window_s=10.0)
+    agg.add_source("v.mp4", "video", None)
+    agg.add(_track("v.mp4", "video", 0, [1, 2, 3], 3, 1, 0))  # window 0
+    agg.add(_track("v.mp4", "video", 1, [21, 22, 24], 3, 1, 1))  # window 2
+    agg.finish_source("v.mp4", duration_s=36.0, covered_s=36.0)
+    # A camera that saw nobody, and a photo without a face: rows with faces = 0.
+    agg.add_source("empty.mp4", "video", None)
+    agg.finish_source("empty.mp4", duration_s=12.0, covered_s=12.0)
+    agg.add_source("nobody.jpg", "image", None)
+    agg.finish_source("nobody.jpg", duration_s=None, covered_s=0.0)
+    # A source that yielded nothing (it could not be opened) has no rows.
+    agg.add_source("broken.mp4", "video", None)
+    agg.finish_source("broken.mp4", duration_s=None, covered_s=None)
+    table = agg.table()
+    by_source = {s: [r for r in table.to_pylist() if r["source"] == s] for s in
+                 ("v.mp4", "empty.mp4", "nobody.jpg", "broken.mp4")}  # fmt: skip
+    assert _simple(by_source["v.mp4"]) == [
+        (0.0, 10.0, "White", 3, 1, 10.0),
+        (10.0, 20.0, None, 0, 0, 10.0),
+        (20.0, 30.0, "Black", 3, 1, 10.0),
+        (30.0, 36.0, None, 0, 0, 6.0),
+    ]
+    assert _simple(by_source["empty.mp4"]) == [
+        (0.0, 10.0, None, 0, 0, 10.0),
+        (10.0, 12.0, None, 0, 0, 2.0),
+    ]
+    assert _simple(by_source["nobody.jpg"]) == [(0.0, 0.0, None, 0, 0, 0.0)]
+    assert by_source["broken.mp4"] == []
+    # A video that failed part way: rows up to where decoding stopped.
+    part = StatsAggregator(VOCABULARIES, window_s=10.0)
+    part.add_source("cut.mp4", "video", None)
+    part.finish_source("cut.mp4", duration_s=60.0, covered_s=14.5)
+    assert [r["footage_s"] for r in part.table().to_pylist()] == [10.0, 4.5]
+
+
+def test_people_counts_everyone_present_visitors_only_where_they_start():
+    agg = StatsAggregator(VOCABULARIES, window_s=10.0)
+    agg.add_source("v.mp4", "video", None)
+    for tid in range(3):  # three people seen from 5 s to 25 s: windows 0, 1 and 2
+        agg.add(_track("v.mp4", "video", tid, [5, 15, 25], 3, 1, 0))
+    agg.finish_source("v.mp4", duration_s=30.0, covered_s=30.0)
+    rows = agg.table().to_pylist()
+    assert [(r["faces"], r["visitors"], r["people"]) for r in rows] == [(3, 3, 3), (3, 0, 3),
+                                                                       (3, 0, 3)]  # fmt: skip
+
+
+def test_a_window_whose_cells_are_all_suppressed_keeps_a_row_with_null_counts():
+    agg = StatsAggregator(VOCABULARIES, window_s=10.0)
+    agg.add_source("v.mp4", "video", None)
+    for tid in range(3):  # window 0: three people, all the same labels
+        agg.add(_track("v.mp4", "video", tid, [1, 2], 3, 1, 0))
+    agg.add(_track("v.mp4", "video", 3, [12, 13], 3, 1, 0))  # window 1: one person
+    agg.finish_source("v.mp4", duration_s=30.0, covered_s=30.0)
+    rows = agg.table(min_cell_count=3).to_pylist()
+    assert _simple(rows) == [
+        (0.0, 10.0, "White", 6, 3, 10.0),
+        (10.0, 20.0, None, None, None, 10.0),  # withheld, not "nobody"
+        (20.0, 30.0, None, 0, 0, 10.0),
+    ]
+    assert agg.suppressed.cells == 1 and not agg.suppressed.everything
+    assert agg.table(min_cell_count=4).column("faces").null_count == 2
+    assert agg.suppressed.everything
+
+
+def test_clock_windows_start_on_the_wall_clock_of_the_time_zone():
+    import zoneinfo
+
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    start = dt.datetime(2026, 3, 2, 10, 7, 30, tzinfo=berlin)  # 09:07:30 UTC
+    agg = StatsAggregator(VOCABULARIES, window_s=900.0, align="clock", tz="Europe/Berlin")
+    agg.add_source("v.mp4", "video", start)
+    agg.add(_track("v.mp4", "video", 0, [0.0, 449.0, 451.0], 3, 1, 0, start))
+    agg.finish_source("v.mp4", duration_s=1500.0, covered_s=1500.0)
+    rows = agg.table().to_pylist()
+    walls = [r["start_time"].astimezone(berlin).strftime("%H:%M") for r in rows]
+    assert walls == ["10:00", "10:15", "10:30"]
+    assert [(r["window_start"], r["window_end"], r["footage_s"]) for r in rows] == [
+        (0.0, 450.0, 450.0),  # 10:07:30-10:15 of the 10:00 window
+        (450.0, 1350.0, 900.0),
+        (1350.0, 1500.0, 150.0),  # 10:30-10:32:30
+    ]
+    assert [r["faces"] for r in rows] == [2, 1, 0]
+    # The same instant in another zone with a half-hour offset: another grid.
+    kolkata = StatsAggregator(VOCABULARIES, window_s=3600.0, align="clock", tz="Asia/Kolkata")
+    kolkata.add_source("v.mp4", "video", start)  # 14:37:30 in Kolkata
+    kolkata.finish_source("v.mp4", duration_s=60.0, covered_s=60.0)
+    (row,) = kolkata.table().to_pylist()
+    # 14:00 in Kolkata is 08:30 UTC: an hour on the local clock, not on UTC's.
+    assert row["start_time"] == dt.datetime(2026, 3, 2, 8, 30, tzinfo=dt.UTC)
+    # Today's default: windows from the source's start.
+    default = StatsAggregator(VOCABULARIES, window_s=900.0)
+    default.add_source("v.mp4", "video", start)
+    default.finish_source("v.mp4", duration_s=1000.0, covered_s=1000.0)
+    assert [r["start_time"] for r in default.table().to_pylist()] == [
+        start,
+        start + dt.timedelta(seconds=900),
+    ]
+
+
+def test_clock_windows_must_tile_a_day():
+    import pytest
+
+    with pytest.raises(ValueError, match="divides a day"):
+        StatsAggregator(VOCABULARIES, window_s=7 * 60.0, align="clock")
+    with pytest.raises(ValueError, match="not a known time zone"):
+        StatsAggregator(VOCABULARIES, window_s=60.0, align="clock", tz="Mars/Olympus")

@@ -195,6 +195,7 @@ def test_scrfd_without_weights_says_where_it_looked_and_the_license(tmp_path: Pa
     assert str(tmp_path / "models") in message
     assert "det_*.onnx" in message
     assert "non-commercial research only" in message
+    assert "pass --detector-model FILE" in message and "model_path" not in message
 
     with pytest.raises(DetectorError, match=r"model file .*nope\.onnx not found.*non-commercial"):
         create_detector("scrfd", model_path=tmp_path / "nope.onnx")

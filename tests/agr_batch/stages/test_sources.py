@@ -317,13 +317,20 @@ def test_video_start_time_from_creation_time(clip_3s: media.WrittenVideo):
     assert frame.absolute_time == frame.start_time
 
 
-def test_video_start_time_falls_back_to_mtime(tmp_path: Path):
-    written = media.make_video(tmp_path / "plain.mkv", seconds=1.0, size=(128, 96))
-    when = dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
-    media.set_mtime(written.path, when)
-    frames = list(video.video_frames(written.path, sample_fps=1.0))
-    assert frames[0].start_time == when
-    assert frames[0].start_time.tzinfo is not None
+def test_video_start_time_falls_back_to_mtime_less_the_duration(tmp_path: Path):
+    # A recorder's mtime is its last write, when the recording ENDED: the start is the mtime
+    # less the clip's length, or every window would be late by that length.
+    for name in ("plain.mkv", "plain.mp4"):
+        written = media.make_video(tmp_path / name, seconds=4.0, size=(128, 96))
+        ended = dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+        media.set_mtime(written.path, ended)
+        frames = list(video.video_frames(written.path, sample_fps=1.0))
+        started = ended - dt.timedelta(seconds=4.0)
+        assert abs((frames[0].start_time - started).total_seconds()) < 0.1, name
+        assert frames[0].start_time.tzinfo is not None
+        with av.open(str(written.path)) as container:
+            facts = video.stream_facts(written.path, container)
+        assert facts.start_time == frames[0].start_time  # the GPU decoder's timing agrees
 
 
 def test_image_start_time_from_exif(tmp_path: Path, hanks_rgb: np.ndarray):

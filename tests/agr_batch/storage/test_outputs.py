@@ -340,3 +340,50 @@ def test_memory_does_not_grow_with_video_length(tmp_path, tiny_checkpoint, t1_rg
 
     short, long = peak_rss_mb(5), peak_rss_mb(40)
     assert long - short < 150, (short, long)
+
+
+# ---------------------------------------------------------------------------------------------
+# permissions
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_outputs_follow_the_umask(tmp_path, tiny_checkpoint, umask):
+    """Every file agr-batch and agr-train write gets 0666 less the umask (0664, 0600 here)."""
+    from agr_batch.checkpoint import save_checkpoint
+    from agr_batch.models import create_model
+
+    want = 0o666 & ~umask
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTO, photos / "t1.jpg")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")  # for the scan's _errors.parquet
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "out"
+        result = _run(
+            str(photos / "t1.jpg"), "--out", str(out / "stats.parquet"), "--model",
+            str(tiny_checkpoint), "--faces", str(out / "faces.parquet"),
+            "--tracks", str(out / "tracks.parquet"),
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report = CliRunner().invoke(
+            main, ["report", str(out / "stats.parquet"), "--out", str(out / "report.html")]
+        )
+        assert report.exit_code == 0, report.output
+        ds = tmp_path / "ds"
+        scan = CliRunner().invoke(
+            main,
+            ["scan", str(photos), "--out", str(ds), "--model", str(tiny_checkpoint), "--settle",
+             "0", "--faces", "--tracks", "--backend", "eager", "--quiet"],
+        )  # fmt: skip
+        assert scan.exit_code == 1, scan.output  # the broken photo
+        save_checkpoint(tmp_path / "ckpt" / "model.pt", create_model("tiny"))
+    finally:
+        os.umask(old)
+    written = [*out.iterdir(), *ds.rglob("*.parquet"), tmp_path / "ckpt" / "model.pt"]
+    names = {p.name for p in written}
+    assert {"stats.parquet", "faces.parquet", "tracks.parquet", "report.html"} <= names
+    assert {"_errors.parquet", "model.pt"} <= names
+    assert sum(p.name.startswith("part-") for p in written) == 3  # stats, faces, tracks
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert set(modes.values()) == {oct(want)}, modes
