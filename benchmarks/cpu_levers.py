@@ -27,7 +27,7 @@ from agr_batch.commands.bench import checkpoint_for
 from agr_batch.commands.run import run
 from agr_batch.config import DetectorConfig, RunConfig
 from agr_batch.samples import write_scene_video
-from agr_batch.stages.decode import frames
+from agr_batch.stages.decode.media import frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import naive_loop

@@ -501,7 +501,6 @@ def make_dataset(
             if not ok:  # pragma: no cover - cv2 fails only on invalid arrays
                 raise RuntimeError(f"could not encode {rel}")
             (root / rel).write_bytes(buf.tobytes())
-            bar.update(1)
             lab = labels[i]
             rows.append((rel, lab.age, lab.gender, lab.race, str(bool(service[i]))))
             if bar is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from agr_batch.cli.common import config_errors, fail, setup_logging
+from agr_batch.cli.options import DETECTOR_BACKENDS
 
 __all__ = ["bench", "compile_engine", "info", "status"]
 
@@ -139,6 +140,20 @@ def compile_engine(
 )
 @click.option("--per-face", is_flag=True, help="End to end: classify every face.")
 @click.option(
+    "--detector-backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(DETECTOR_BACKENDS),
+    help="End to end: how CenterFace runs (see `run --help`).",
+)
+@click.option(
+    "--decoder",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "pyav", "nvdec", "torchcodec"]),
+    help="End to end: the video decoder (decode-only uses it too).",
+)
+@click.option(
     "--only",
     type=click.Choice(["classifier", "pipeline"]),
     help="Run only the classifier or only the end-to-end benchmark.",
@@ -154,6 +169,8 @@ def bench(
     video: str | None,
     sample_fps: float,
     per_face: bool,
+    detector_backend: str,
+    decoder: str,
     only: str | None,
     cache_dir: str | None,
 ) -> None:
@@ -174,6 +191,8 @@ def bench(
             video=video,
             sample_fps=sample_fps,
             per_face=per_face,
+            detector_backend=detector_backend,
+            decoder=decoder,
             classifier=only != "pipeline",
             pipeline=only != "classifier",
         )

@@ -15,6 +15,12 @@ import click
 
 from agr_batch.cli.common import echo_error, fail
 
+DETECTOR_BACKENDS = [
+    "auto", "onnxruntime", "onnxruntime-int8", "eager", "channels_last", "compiled",
+    "inductor", "tensorrt",
+]  # fmt: skip
+"""``--detector-backend`` choices (``agr_batch.stages.detect.detector_backends()``)."""
+
 if TYPE_CHECKING:
     from agr_batch.config import ProcessingConfig
     from agr_batch.pipeline import Pipeline
@@ -70,6 +76,15 @@ _PROCESSING_OPTIONS = [
     ),
     click.option("--detector", default="centerface", show_default=True, help="Face detector."),
     click.option(
+        "--detector-backend",
+        default="auto",
+        show_default=True,
+        # Spelled out (not asked of the engine registry) so that --help loads no torch.
+        type=click.Choice(DETECTOR_BACKENDS),
+        help="How CenterFace runs: auto (onnxruntime on CPU, the compiled engine on CUDA), "
+        "onnxruntime, onnxruntime-int8, or a classifier backend in PyTorch.",
+    ),
+    click.option(
         "--detector-model", type=click.Path(dir_okay=False), help="Detector weights (scrfd)."
     ),
     click.option("--det-threshold", default=0.5, show_default=True, help="Min detection score."),
@@ -113,8 +128,8 @@ _PROCESSING_OPTIONS = [
         "--decoder",
         default="auto",
         show_default=True,
-        type=click.Choice(["auto", "pyav", "torchcodec"]),
-        help="Video decoder; torchcodec decodes on the GPU (NVDEC) when installed.",
+        type=click.Choice(["auto", "pyav", "nvdec", "torchcodec"]),
+        help="Video decoder: auto (PyAV), pyav, nvdec (NVIDIA GPUs, pynvvideocodec) or torchcodec.",
     ),
     click.option(
         "--min-cell-count",
@@ -201,6 +216,7 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
             min_face=opts["min_face"],
             max_side=opts["det_size"],
             model_path=opts["detector_model"],
+            backend=opts["detector_backend"],
         ),
         "batch_size": opts["batch_size"],
         "device": opts["device"],

@@ -139,15 +139,34 @@ def _one_line(e: BaseException, limit: int = 160) -> str:
 
 
 def decode_only(
-    video: Path, *, video_s: float, sample_fps: float, **options: bool
+    video: Path,
+    *,
+    video_s: float,
+    sample_fps: float,
+    decoder: str = "pyav",
+    device: str = "cuda",
+    **options: bool,
 ) -> PipelineResult:
-    """Decode ``video`` with the run's sampling and nothing else: the ceiling of any run."""
+    """Decode ``video`` with the run's sampling and decoder and nothing else.
+
+    The ceiling of any run (``nvdec`` frames stay on the GPU, as they do in a run).
+    """
     from agr_batch.stages.decode.media import frames
 
     t0 = time.perf_counter()
-    n = sum(1 for _ in frames(video, sample_fps=sample_fps, **options))
+    if decoder == "nvdec":
+        import torch
+
+        from agr_batch.stages.decode.nvdec import nvdec_frames
+
+        n = sum(1 for _ in nvdec_frames(video, sample_fps=sample_fps, device=device))
+        torch.cuda.synchronize()
+    else:
+        n = sum(1 for _ in frames(video, sample_fps=sample_fps, **options))
     wall = time.perf_counter() - t0
-    return PipelineResult("decode-only", "-", video_s, n, 0, wall, 0.0, {"decode": wall})
+    return PipelineResult(
+        f"decode-only ({decoder})", "-", video_s, n, 0, wall, 0.0, {"decode": wall}
+    )
 
 
 def bench_pipeline(
@@ -231,12 +250,18 @@ def bench(
     per_face: bool = False,
     classifier: bool = True,
     pipeline: bool = True,
+    detector_backend: str = "auto",
+    decoder: str = "auto",
 ) -> str:
     """Run the classifier and end-to-end benchmarks and return the report as Markdown.
 
     The end-to-end table starts with a ``decode-only`` row: the same file decoded with the
-    same sampling and nothing else, the ceiling every other row is measured against.
+    same sampling and decoder and nothing else, the ceiling every other row is measured
+    against.
     """
+    from agr_batch.config import DetectorConfig
+    from agr_batch.device import resolve_device
+    from agr_batch.stages.decode.torchcodec import resolve_decoder
     from agr_batch.stages.decode.video import probe
     from agr_batch.stages.vote import VoteConfig
 
@@ -263,7 +288,14 @@ def bench(
             mode = ("all frames" if not sample_fps else f"{sample_fps:g} fps") + (
                 " per-face" if per_face else ""
             )
-            rows = [decode_only(path, video_s=duration, sample_fps=sample_fps)]
+            dev = resolve_device(device)
+            used = resolve_decoder(decoder, dev.type)
+            rows = [
+                decode_only(
+                    path, video_s=duration, sample_fps=sample_fps, decoder=used, device=str(dev)
+                )
+            ]
+            mode += f", detector {detector_backend}, decoder {used}"
             usable = [
                 b
                 for b in backends
@@ -284,6 +316,8 @@ def bench(
                         cache_dir=cache_dir,
                         sample_fps=sample_fps,
                         vote=vote,
+                        detector=DetectorConfig(backend=detector_backend),
+                        decoder=decoder,
                     )
                 )
             parts.append(f"End to end ({what}, {mode}):\n\n{pipeline_markdown(rows)}\n")

@@ -3,9 +3,14 @@
 :class:`FaceStep` turns frames into :class:`FaceBatch` records, one per frame: the frame's
 identity and time, its detections, an aligned chip per face, the track id of each face and the
 tracks that ended. The detector is called on a list of frames at once (:meth:`FaceStep.
-step_batch`), so a batched detector can be given several frames; the tracker is still updated
-frame by frame, in order. Frames' pixels are not kept: after this step only the chips (a few
-kilobytes per face) travel on.
+step_batch`); the tracker is still updated frame by frame, in order. Frames' pixels are not
+kept: after this step only the chips (a few kilobytes per face) travel on.
+
+With a detector that runs on a torch device (CenterFace in PyTorch, e.g. on a GPU), a batch of
+frames is detected in one call and its chips are warped there, straight into the classifier's
+normalised input (:class:`~agr_batch.stages.device_faces.DeviceFaceStage`): the chips stay on
+the device and each face's quality is computed there. Only boxes, landmarks and scores come
+back to the host, for the tracker.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from agr_batch.stages.detect import Detector
 from agr_batch.stages.preprocess import PreprocessSpec
 from agr_batch.stages.track import Tracker, TrackerConfig
 
-__all__ = ["FaceBatch", "FaceStep", "detection_error"]
+__all__ = ["FaceBatch", "FaceStep", "detection_error", "qualities"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +98,32 @@ class FaceStep:
         self.tracker_config = tracker_config
         self.times = times
         self.tracker = Tracker(tracker_config)
+        # Detectors that run on a torch device detect and align whole batches there.
+        self._device_stage: Any = None
+        if hasattr(detector, "detect_tensors"):
+            from agr_batch.stages.device_faces import DeviceFaceStage
+
+            self._device_stage = DeviceFaceStage(detector, spec)
+
+    @property
+    def on_device(self) -> bool:
+        """True when detection and alignment run on a torch device in batches."""
+        return self._device_stage is not None
+
+    @property
+    def device(self) -> Any:
+        """The torch device of the detector (``cpu`` for host detectors)."""
+        import torch
+
+        return torch.device(getattr(self.detector, "device", "cpu"))
+
+    @property
+    def batch_size(self) -> int:
+        """Frames per detector call: the device detector's batch, else one.
+
+        Batching frames measured no faster with onnxruntime on CPUs.
+        """
+        return int(getattr(self.detector, "batch_size", 1)) if self.on_device else 1
 
     def start_source(self) -> None:
         """Forget the previous source's tracks (ids start again at 0)."""
@@ -118,14 +149,25 @@ class FaceStep:
         if not frames:
             return []
         t0 = time.perf_counter()
-        found = self.detector.detect([f.image for f in frames])
-        t1 = time.perf_counter()
-        chips = [
-            align_faces(f.image, d.landmarks, self.spec) for f, d in zip(frames, found, strict=True)
-        ]
-        t2 = time.perf_counter()
+        quality: list[np.ndarray | None]
+        if self._device_stage is not None:
+            found_faces = self._device_stage(frames)
+            found = [f.detections for f in found_faces]
+            chips: list[Any] = [f.chips for f in found_faces]
+            side = min(self.spec.input_size)
+            quality = [qualities(f.detections, f.sharpness, chip_side=side) for f in found_faces]
+            t1 = t2 = time.perf_counter()
+        else:
+            found = self.detector.detect([f.image for f in frames])
+            t1 = time.perf_counter()
+            chips = [
+                align_faces(f.image, d.landmarks, self.spec)
+                for f, d in zip(frames, found, strict=True)
+            ]
+            quality = [None] * len(frames)
+            t2 = time.perf_counter()
         out = []
-        for frame, dets, frame_chips in zip(frames, found, chips, strict=True):
+        for frame, dets, frame_chips, q in zip(frames, found, chips, quality, strict=True):
             # A new tracker per source: in an image each face is its own track (ids 0..n-1).
             track_ids = self.tracker.update(dets.boxes, dets.scores, frame.time_s)
             ended = tuple(self.tracker.pop_ended())
@@ -139,13 +181,31 @@ class FaceStep:
                     chips=frame_chips,
                     track_ids=np.asarray(track_ids, np.int64),
                     ended=ended,
+                    quality=q,
                 )
             )
         if self.times is not None:
+            # On the device, detection and alignment are one call: counted as detection.
             self.times.detect += t1 - t0
             self.times.align += t2 - t1
             self.times.track += time.perf_counter() - t2
         return out
+
+
+def qualities(dets: Detections, sharpness: np.ndarray, *, chip_side: int) -> np.ndarray:
+    """Each face's quality for classification, from a sharpness measured on the device.
+
+    The same as :func:`~agr_batch.stages.vote.face_quality` computes from a host chip.
+    """
+    from agr_batch.stages.vote import quality_from
+
+    return np.asarray(
+        [
+            quality_from(box, float(score), float(sharp), chip_side)
+            for box, score, sharp in zip(dets.boxes, dets.scores, sharpness, strict=True)
+        ],
+        np.float32,
+    )
 
 
 def detection_error(frame: Frame, exc: BaseException) -> str:

@@ -92,14 +92,19 @@ class LocalPipeline(Pipeline):
         config = self.config
         times = StageTimes()
         stop = threading.Event()
-        q_frames: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        step = FaceStep(loaded.detector, loaded.spec, config.tracker, times=times)
+        # A batched (GPU) detector needs a batch's worth of frames queued ahead of it.
+        q_frames: queue.Queue[Any] = queue.Queue(
+            maxsize=max(config.queue_size, 2 * step.batch_size)
+        )
         q_faces: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
         budget = self.inflight = ByteBudget(config.max_inflight_bytes)
-        step = FaceStep(loaded.detector, loaded.spec, config.tracker, times=times)
+        on_gpu = step.on_device and step.device.type == "cuda"
         workers = [
             threading.Thread(
                 target=stream.decode_worker,
                 args=(tuple(items), config, loaded.info.decoder, q_frames, stop, times, budget),
+                kwargs={"device": str(step.device), "gpu_images": on_gpu},
                 name="agr-decode",
                 daemon=True,
             ),

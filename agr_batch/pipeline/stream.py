@@ -19,7 +19,7 @@ from agr_batch.config import ProcessingConfig
 from agr_batch.pipeline import StageTimes
 from agr_batch.pipeline.budget import ByteBudget
 from agr_batch.pipeline.faces import FaceBatch, FaceStep, detection_error
-from agr_batch.pipeline.frames import open_frames
+from agr_batch.pipeline.frames import ImageBatcher, open_frames
 from agr_batch.pipeline.work import WorkItem
 from agr_batch.records import Frame
 from agr_batch.stages.decode.media import SourceError
@@ -149,17 +149,22 @@ def decode_worker(
     stop: threading.Event,
     times: StageTimes,
     budget: ByteBudget,
+    *,
+    device: str = "cpu",
+    gpu_images: bool = False,
 ) -> None:
     """The decode thread: every item's frames, between its start and end records.
 
     A file that cannot be read ends its item with the error; the batch goes on. Each frame's
-    bytes are reserved in ``budget`` before it is queued.
+    bytes are reserved in ``budget`` before it is queued. With ``gpu_images`` single images
+    are decoded on ``device`` by nvJPEG, in batches.
     """
     try:
+        images = ImageBatcher(items, device) if gpu_images else None
         for key, item in enumerate(items):
             error: str | None = None
             try:
-                opened = open_frames(item, config, decoder)
+                opened = open_frames(item, config, decoder, device=device, images=images)
             except Exception as e:  # probing failed: the item fails, the batch goes on
                 _put(out, ItemStart(key, item, None), stop)
                 _put(out, ItemEnd(key, None, _decode_error(item, e)), stop)
@@ -205,22 +210,40 @@ def face_worker(
 ) -> None:
     """The face-step thread: frames in, :class:`FaceBatch` records out; other records pass.
 
-    A frame whose detection fails becomes a :class:`FrameFailed` record; its bytes go back
-    to ``budget`` as soon as the step is done with it.
+    Frames of one item that are already queued are taken together, up to the step's batch
+    size, so a batched (GPU) detector sees several frames per call; nothing waits for a
+    batch to fill. A batch whose detection fails becomes one :class:`FrameFailed` record per
+    frame; frame bytes go back to ``budget`` as soon as the step is done with them.
     """
+    pending: Any = None
     try:
         while True:
-            msg = _get(inp, stop)
+            msg = pending if pending is not None else _get(inp, stop)
+            pending = None
             if isinstance(msg, FrameOf):
+                batch = [msg]
+                while len(batch) < step.batch_size:
+                    try:
+                        more = inp.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(more, FrameOf) and more.key == msg.key:
+                        batch.append(more)
+                    else:
+                        pending = more
+                        break
                 try:
-                    batch = step.step(msg.frame)
+                    results = step.step_batch([m.frame for m in batch])
                 except Exception as e:
-                    _put(out, FrameFailed(msg.key, detection_error(msg.frame, e)), stop)
+                    for m in batch:
+                        _put(out, FrameFailed(m.key, detection_error(m.frame, e)), stop)
                     continue
                 finally:
-                    # Only the chips go on: the frame's pixels are no longer in flight.
-                    budget.release(msg.frame.image.nbytes)
-                _put(out, FacesOf(msg.key, batch), stop)
+                    # Only the chips go on: the frames' pixels are no longer in flight.
+                    for m in batch:
+                        budget.release(m.frame.image.nbytes)
+                for m, faces in zip(batch, results, strict=True):
+                    _put(out, FacesOf(m.key, faces), stop)
                 continue
             if isinstance(msg, ItemStart):
                 step.start_source()

@@ -35,11 +35,16 @@ def face_quality(chip: np.ndarray, box: np.ndarray, score: float, chip_side: int
     """
     import cv2  # here: the configuration (VoteConfig) loads without OpenCV, for a fast CLI
 
-    side = float(min(box[2] - box[0], box[3] - box[1]))
-    size = min(1.0, max(side, 0.0) / chip_side)
     gray = cv2.cvtColor(chip, cv2.COLOR_RGB2GRAY)
     sharp = float(cv2.Laplacian(gray, cv2.CV_32F).var())
-    return float(score) * size * (sharp / (sharp + 100.0))
+    return quality_from(box, score, sharp, chip_side)
+
+
+def quality_from(box: np.ndarray, score: float, sharpness: float, chip_side: int) -> float:
+    """:func:`face_quality` given the chip's Laplacian variance (measured on a device)."""
+    side = float(min(box[2] - box[0], box[3] - box[1]))
+    size = min(1.0, max(side, 0.0) / chip_side)
+    return float(score) * size * (sharpness / (sharpness + 100.0))
 
 
 @dataclass

@@ -44,7 +44,7 @@ def _calibration_blobs() -> Iterator[np.ndarray]:
     import cv2
 
     from agr_batch.samples import photo, write_scene_video
-    from agr_batch.stages.decode import frames
+    from agr_batch.stages.decode.media import frames
     from agr_batch.stages.detect.centerface import _resize
 
     def blob(image: np.ndarray) -> np.ndarray | None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agr_batch.config import DetectorConfig
-from agr_batch.stages.decode import frames
+from agr_batch.stages.decode.media import frames
 from agr_batch.stages.detect import DetectorError, build_detector, detector_backends
 from agr_batch.stages.detect.centerface import CenterFace
 from agr_batch.stages.detect.centerface_torch import CenterFaceTorch

@@ -9,7 +9,7 @@ import torch
 
 from agr_batch.records import Frame
 from agr_batch.stages.align import align_faces
-from agr_batch.stages.decode import frames
+from agr_batch.stages.decode.media import frames
 from agr_batch.stages.detect.centerface_torch import CenterFaceTorch
 from agr_batch.stages.device_faces import DeviceFaceStage, laplacian_variance
 from agr_batch.stages.preprocess import PreprocessSpec, chips_to_tensor
