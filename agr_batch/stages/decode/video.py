@@ -7,6 +7,7 @@ decoders, so every decoder takes the same frames with the same times.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -159,12 +160,7 @@ def video_frames(
             index lists (after the good frames were yielded).
     """
     path = Path(path)
-    check_file(path)
-    container = open_container(path)
-    with container:
-        if not container.streams.video:
-            raise SourceError(path, "no video stream")
-        stream = container.streams.video[0]
+    with _video(path) as (container, stream):
         _check_frame_size(path, stream)
         stream.thread_type = "AUTO"
         if keyframes_only:
@@ -338,12 +334,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         SourceError: If the file cannot be opened or has no video stream.
     """
     path = Path(path)
-    check_file(path)
-    container = open_container(path)
-    with container:
-        if not container.streams.video:
-            raise SourceError(path, "no video stream")
-        stream = container.streams.video[0]
+    with _video(path) as (container, stream):
         rotation = 0
         try:
             for frame in container.decode(stream):
@@ -410,6 +401,22 @@ def open_container(path: Path) -> av.container.InputContainer:
 def ffmpeg_reason(e: av.FFmpegError) -> str:
     """FFmpeg's error text without PyAV's errno and file-name decoration."""
     return str(getattr(e, "strerror", None) or e)
+
+
+@contextlib.contextmanager
+def _video(
+    path: Path,
+) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """An opened video file and its first video stream, closed on exit.
+
+    Raises:
+        SourceError: The file is missing, not regular, empty, not media or has no video.
+    """
+    check_file(path)
+    with open_container(path) as container:
+        if not container.streams.video:
+            raise SourceError(path, "no video stream")
+        yield container, container.streams.video[0]
 
 
 def _duration(container: av.container.InputContainer) -> float | None:

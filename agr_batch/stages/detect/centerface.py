@@ -101,6 +101,23 @@ def _load_model(path: str) -> tuple[bytes, str]:
     return model.SerializeToString(), hashlib.sha256(raw).hexdigest()
 
 
+def check_settings(
+    *, input_width: int | None, max_side: int | None, score_threshold: float, nms_iou: float
+) -> None:
+    """Refuse settings no CenterFace (onnxruntime or PyTorch) can run with.
+
+    Raises:
+        DetectorError: One line naming the setting.
+    """
+    for label, value in (("input_width", input_width), ("max_side", max_side)):
+        if value is not None and value < _ALIGN:
+            raise DetectorError(f"centerface: {label} must be >= {_ALIGN}, got {value}")
+    if not 0.0 < score_threshold < 1.0:
+        raise DetectorError(f"centerface: score_threshold must be in (0, 1), got {score_threshold}")
+    if not 0.0 < nms_iou <= 1.0:
+        raise DetectorError(f"centerface: nms_iou must be in (0, 1], got {nms_iou}")
+
+
 def _resize(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Resize to (width, height) with little aliasing, fast.
 
@@ -163,15 +180,10 @@ class CenterFace:
     ) -> None:
         import onnxruntime as ort
 
-        for label, value in (("input_width", input_width), ("max_side", max_side)):
-            if value is not None and value < _ALIGN:
-                raise DetectorError(f"centerface: {label} must be >= {_ALIGN}, got {value}")
-        if not 0.0 < score_threshold < 1.0:
-            raise DetectorError(
-                f"centerface: score_threshold must be in (0, 1), got {score_threshold}"
-            )
-        if not 0.0 < nms_iou <= 1.0:
-            raise DetectorError(f"centerface: nms_iou must be in (0, 1], got {nms_iou}")
+        check_settings(
+            input_width=input_width, max_side=max_side, score_threshold=score_threshold,
+            nms_iou=nms_iou,
+        )  # fmt: skip
         self.input_width = input_width
         self.max_side = max_side
         self.score_threshold = float(score_threshold)

@@ -30,6 +30,7 @@ from agr_batch.stages.detect.centerface import (
     _ALIGN,
     _STRIDE,
     _load_model,
+    check_settings,
     default_model_path,
     model_identity,
 )
@@ -107,14 +108,9 @@ class CenterFaceTorch:
         from agr_batch.engines import ModelSource, build_engine
         from agr_batch.stages.detect.centerface_net import load_centerface_net
 
-        if max_side < _ALIGN:
-            raise DetectorError(f"centerface: max_side must be >= {_ALIGN}, got {max_side}")
-        if not 0.0 < score_threshold < 1.0:
-            raise DetectorError(
-                f"centerface: score_threshold must be in (0, 1), got {score_threshold}"
-            )
-        if not 0.0 < nms_iou <= 1.0:
-            raise DetectorError(f"centerface: nms_iou must be in (0, 1], got {nms_iou}")
+        check_settings(
+            input_width=None, max_side=max_side, score_threshold=score_threshold, nms_iou=nms_iou
+        )
         if batch_size < 1:
             raise DetectorError(f"centerface: batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)

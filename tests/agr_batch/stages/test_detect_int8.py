@@ -11,18 +11,8 @@ from agr_batch.stages.decode.media import frames
 from agr_batch.stages.detect import DetectorError, build_detector, detector_backends
 from agr_batch.stages.detect.centerface import CenterFace
 from agr_batch.stages.detect.centerface_torch import CenterFaceTorch
+from agr_batch.stages.track import iou_matrix
 from tests import media
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def test_int8_finds_the_fp32_faces_and_nothing_else(detectors, scene_video):
         if len(want) == 0 or len(got) == 0:
             extra += len(got)
             continue
-        iou = _iou(want.boxes, got.boxes)
+        iou = iou_matrix(want.boxes, got.boxes)
         best = iou.argmax(1)
         ok = iou.max(1) >= 0.5
         matched += int(ok.sum())
