@@ -251,11 +251,17 @@ def test_exactly_once_under_kill_9(tmp_path, tiny_checkpoint):
         "--model", str(tiny_checkpoint), "--settle", "0", "--backend", "eager",
         "--batch-size", "2", "--quiet",
     ]  # fmt: skip
+    # How long one whole scan takes here: the kills fall inside that span, however fast or
+    # slow the machine (a fixed schedule let fast scans finish before any kill).
+    t0 = time.monotonic()
+    timing = subprocess.run([*cmd[:6], str(tmp_path / "timing"), *cmd[7:]], capture_output=True)
+    assert timing.returncode == 0, timing.stderr
+    whole = time.monotonic() - t0
     rng = random.Random(1234)
     kills = 0
     for _ in range(6):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 6.0))
+        time.sleep(rng.uniform(0.1, 0.6) * whole)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
