@@ -84,7 +84,6 @@ class Classifier:
         for start in range(0, n, self.batch_size):
             x = self._input(chips[start : start + self.batch_size])
             logits = self.forward(x)
-            logits = self.forward(x)
             for head in out:
                 probs = torch.softmax(getattr(logits, head).float(), dim=1)
                 out[head].append(probs.cpu().numpy())
