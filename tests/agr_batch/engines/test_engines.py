@@ -209,3 +209,18 @@ def test_batches_beyond_the_engine_range_are_split(ckpt, batch):
     assert calls == [128, 128, 44]
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_runs_each_batch_once(ckpt):
+    from agr_batch.stages.classify import Classifier
+
+    calls = []
+
+    def forward(x):
+        calls.append(x.shape[0])
+        return ckpt.model(x)
+
+    clf = Classifier(ckpt, batch_size=16, forward=forward)
+    chips = np.random.default_rng(0).integers(0, 255, (40, 64, 64, 3), dtype=np.uint8)
+    assert len(clf.predict(chips)) == 40
+    assert calls == [16, 16, 8]
