@@ -195,7 +195,6 @@ class _Loaded:
         from agr_batch.stages.classify import Classifier
         from agr_batch.stages.decode.torchcodec import resolve_decoder
         from agr_batch.stages.detect import build_detector
-        from agr_batch.stages.detect.base import default_threads
 
         device = resolve_device(config.device)
         checkpoint = load_checkpoint(config.model, device=device)
@@ -217,11 +216,10 @@ class _Loaded:
             checkpoint, device=device, batch_size=config.batch_size, forward=engine
         )
         det = config.detector
-        if device.type == "cpu" and not det.threads:
-            # The decoder runs beside the detector: onnxruntime on every core oversubscribes
-            # them (on 2 cores a 60 s 1080p run took 7.7 s with 2 detector threads, 5.7 s
-            # with 1, the same faces).
-            det = dataclasses.replace(det, threads=threads or max(1, default_threads() // 2))
+        if threads and device.type == "cpu" and not det.threads:
+            # A Ray worker's share of the node's cores. Locally onnxruntime takes every core:
+            # half of them used 10-20 % less CPU on 2 cores but was no faster (BENCHMARKS.md).
+            det = dataclasses.replace(det, threads=threads)
         t0 = time.perf_counter()
         detector = build_detector(det, device=device, cache_dir=config.cache_dir)
         # Building an int8 or compiled detector is a one-off, like the classifier's engine.
