@@ -38,6 +38,7 @@ from agr_batch.stages.detect.base import (
     default_threads,
     nms,
     register_detector,
+    session_options,
 )
 
 __all__ = ["CenterFace", "default_model_path", "model_identity"]
@@ -206,11 +207,8 @@ class CenterFace:
                 )
             )
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
+        options = session_options(self.threads)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # the model's unused BN counters warn at load time
         self._session = ort.InferenceSession(
             model, sess_options=options, providers=choose_providers(providers, self.name)
         )

@@ -23,6 +23,7 @@ from agr_batch.stages.detect.base import (
     clip_boxes,
     default_threads,
     register_detector,
+    session_options,
 )
 
 __all__ = ["DEFAULT_ROOT", "MODEL_PATTERNS", "SCRFD", "find_model"]
@@ -101,10 +102,7 @@ class SCRFD:
         self.nms_iou = float(nms_iou)
         self.min_face_size = float(min_face_size)
         self.threads = int(threads) if threads else default_threads()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(self.threads)
         session = ort.InferenceSession(
             str(path), sess_options=options, providers=choose_providers(providers, self.name)
         )

@@ -170,6 +170,13 @@ def test_config_is_json_and_identifies_the_model(centerface: CenterFace):
     assert cfg["input_width"] == 640 and cfg["score_threshold"] == 0.5
 
 
+def test_detector_threads_do_not_spin_while_the_decoder_waits(centerface: CenterFace):
+    # Spinning intra-op threads took the cores the decoder needed (BENCHMARKS.md).
+    options = centerface._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == centerface.threads
+
+
 def test_centerface_rejects_bad_settings():
     with pytest.raises(DetectorError, match="score_threshold"):
         create_detector("centerface", score_threshold=1.5)
