@@ -19,22 +19,11 @@ import numpy as np
 
 from agr_batch.samples import photo
 from agr_batch.stages.detect import create_detector
+from agr_batch.stages.track import iou_matrix
 
 FRAME = (1080, 1920)
 FACE_WIDTHS = (16, 24, 32, 48, 64, 96)
 DET_SIZES = (320, 480, 640, 800, 960)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def frames_with_faces(face_width: int, native_width: float) -> list[np.ndarray]:
@@ -74,7 +63,7 @@ def main() -> None:
                 got = det.detect([frame])[0]
                 ms[d].append((time.perf_counter() - t0) * 1000)
                 if len(ref.boxes) and len(got.boxes):
-                    found += int((iou(ref.boxes, got.boxes).max(axis=1) >= 0.5).sum())
+                    found += int((iou_matrix(ref.boxes, got.boxes).max(axis=1) >= 0.5).sum())
             cells.append(f"{100 * found / total:.0f} %" if total else "-")
         print(f"| {fw} | {total} | " + " | ".join(cells) + " |")
     print("| ms per frame (median) | | " + " | ".join(
