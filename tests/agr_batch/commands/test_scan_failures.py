@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from agr_batch.cli import main
 from agr_batch.commands.scan.state import DatasetLock
 from tests.agr_batch.commands.test_scan import GROUP, _camera, _faces_by_source, _jpeg
+from tests.signals import default_sigint
 
 
 def _cli(*args: str, bound: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -134,7 +135,7 @@ def _start_scan(root: Path, ds: Path, model: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "agr_batch.cli",
          *_scan_args(root, ds, model, "--batch-size", "1", "--quiet")],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not list(ds.glob("date=*/part-*.parquet")):  # a first file is committed

@@ -21,6 +21,7 @@ from agr_batch.cli import main
 from agr_batch.samples import photos_dir
 from agr_batch.storage.sinks import ParquetStreamWriter, clean_stale_temps, read_metadata
 from tests import media
+from tests.signals import default_sigint
 
 PHOTO = photos_dir() / "t1.jpg"  # six people
 
@@ -229,7 +230,7 @@ def _start_run(tmp_path: Path, video: Path, model: Path) -> tuple[subprocess.Pop
         [sys.executable, "-m", "agr_batch.cli", "run", str(video), "--out", str(out / "s.parquet"),
          "--faces", str(out / "f.parquet"), "--model", str(model), "--backend", "eager",
          "--sample-fps", "0", "--quiet"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     # The temporary files are reserved once the model is loaded, before processing starts.
     deadline = time.monotonic() + 120
