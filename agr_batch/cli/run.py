@@ -97,7 +97,9 @@ def format_summary(summary: RunSummary) -> str:
         + (f"(engine build {summary.build_s:.1f}s, " if summary.build_s >= 0.05 else "(")
         + f"{summary.frames_per_s:.1f} frames/s) on {summary.device}",
         f"stage time: {stages}",
-        "wrote: " + ", ".join(f"{k} {v}" for k, v in summary.outputs.items()),
+        "wrote: " + ", ".join(f"{k} {v}" for k, v in summary.outputs.items())
+        if summary.outputs
+        else "wrote: nothing (no input could be processed; earlier outputs are untouched)",
     ]
     if summary.suppressed_cells:
         lines.append(

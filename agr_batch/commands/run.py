@@ -111,6 +111,8 @@ def run(
     and counted; processing goes on with the rest. The outputs are checked first (none may
     be an input or another output, however spelled), before any model is loaded, then
     written as one set: all or nothing (see :class:`agr_batch.storage.sinks.OutputSet`).
+    When every input fails before yielding a frame, nothing is written and the previous
+    outputs stay (``outputs`` is then empty).
 
     Args:
         config: What to process and where to write it.
@@ -130,6 +132,13 @@ def run(
     t_start = time.perf_counter()
     found = discover(config.inputs)
     _check_outputs(config, found)  # before anything is loaded or written
+    if not found.media and (found.missing or found.errors):
+        # Nothing can be read (a camera mount that is gone, a typo): say so at once, without
+        # loading models for seconds, and keep the previous outputs.
+        summary = RunSummary(skipped=len(found.skipped))
+        _report_problems(found, summary, on_error)
+        summary.wall_s = time.perf_counter() - t_start
+        return summary
     with contextlib.ExitStack() as stack:
         if pipeline is None:
             pipeline = create_pipeline(config)
@@ -137,6 +146,16 @@ def run(
         summary = _run(config, found, pipeline, progress, on_error)
     summary.wall_s = time.perf_counter() - t_start
     return summary
+
+
+def _report_problems(found: Discovery, summary: RunSummary, on_error: ErrorCallback) -> None:
+    """Count and report the inputs that could not even be listed."""
+    problems = [f"{p}: no such file or directory" for p in found.missing]
+    problems += [f"{p}: {reason}" for p, reason in found.errors]
+    for err in problems:
+        on_error(err)
+        summary.failures.append(err)
+        summary.files_failed += 1
 
 
 def _run(
@@ -154,12 +173,7 @@ def _run(
     summary = RunSummary(
         backend=f"{info.backend} {info.precision}", device=info.device, build_s=info.build_s
     )
-    problems = [f"{p}: no such file or directory" for p in found.missing]
-    problems += [f"{p}: {reason}" for p, reason in found.errors]
-    for err in problems:
-        on_error(err)
-        summary.failures.append(err)
-        summary.files_failed += 1
+    _report_problems(found, summary, on_error)
     summary.skipped = len(found.skipped)
 
     # The token ties the files of one run together: a reader can check they belong.
@@ -221,6 +235,13 @@ def _run(
             )
         if config.tracks_out is not None:
             outputs.write_table("--tracks", sink.tracks(), metadata=metadata)
+        if summary.files_failed and not summary.files_ok and not summary.frames:
+            # Every input failed before a single frame: empty tables would replace the last
+            # good ones and look like "nobody came". The temporary files are discarded; the
+            # old set stays. (A source that failed part way keeps its good frames' results.)
+            summary.classified_faces = stats.classified_faces
+            summary.stage_s = times.as_dict()
+            return summary
         outputs.commit()
         times.write += time.perf_counter() - t_w
     summary.classified_faces = stats.classified_faces

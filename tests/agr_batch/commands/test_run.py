@@ -194,6 +194,34 @@ def test_crash_leaves_previous_output_untouched(tmp_path, tiny_checkpoint, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.parquet"]
 
 
+def test_when_no_input_can_be_read_the_previous_outputs_stay(tmp_path, tiny_checkpoint):
+    out, faces = tmp_path / "stats.parquet", tmp_path / "faces.parquet"
+    out.write_bytes(b"yesterday's stats")
+    faces.write_bytes(b"yesterday's faces")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    result = _run_cli(str(broken), str(tmp_path / "gone.mp4"), "--out", str(out),
+                      "--faces", str(faces), "--model", str(tiny_checkpoint))  # fmt: skip
+    assert result.exit_code == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2 and "broken.mp4" in errors[0] + errors[1]
+    assert any("gone.mp4: no such file or directory" in ln for ln in errors)
+    assert out.read_bytes() == b"yesterday's stats"
+    assert faces.read_bytes() == b"yesterday's faces"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "faces.parquet",
+                                                          "stats.parquet"]  # fmt: skip
+
+
+def test_inputs_that_do_not_exist_fail_before_any_model_is_loaded(tmp_path):
+    bad_model = tmp_path / "bad.pt"
+    bad_model.write_bytes(b"\x00" * 100)  # loading it would be a usage error (exit 2)
+    summary = run(RunConfig(inputs=(str(tmp_path / "unmounted"),), out=tmp_path / "s.parquet",
+                            model=bad_model))  # fmt: skip
+    assert summary.files_failed == 1 and summary.files_ok == 0 and summary.outputs == {}
+    assert summary.failures == [f"{tmp_path / 'unmounted'}: no such file or directory"]
+    assert not (tmp_path / "s.parquet").exists()
+
+
 def test_empty_input_folder_writes_empty_table(tmp_path, tiny_checkpoint):
     (tmp_path / "in").mkdir()
     out = tmp_path / "o.parquet"
