@@ -16,7 +16,7 @@ from agr_batch.pipeline.progress import Progress
 from agr_batch.pipeline.sink import ResultSink, SourceOrder
 from agr_batch.pipeline.work import group_sequences
 from agr_batch.stages.aggregate import FACES_SCHEMA, everything_suppressed
-from agr_batch.stages.decode.media import Discovery, discover
+from agr_batch.stages.decode.media import Discovery, discover, why_missing
 from agr_batch.storage.safety import check_outputs
 from agr_batch.storage.sinks import OutputSet
 
@@ -150,7 +150,7 @@ def run(
 
 def _report_problems(found: Discovery, summary: RunSummary, on_error: ErrorCallback) -> None:
     """Count and report the inputs that could not even be listed."""
-    problems = [f"{p}: no such file or directory" for p in found.missing]
+    problems = [f"{p}: {why_missing(p)}" for p in found.missing]
     problems += [f"{p}: {reason}" for p, reason in found.errors]
     for err in problems:
         on_error(err)

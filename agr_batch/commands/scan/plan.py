@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from agr_batch.clock import tz_label
 from agr_batch.commands.scan.fileid import FileStat, file_stat
 from agr_batch.commands.scan.state import FileRow, covered
-from agr_batch.stages.decode.media import MediaFile, discover
+from agr_batch.stages.decode.media import MediaFile, discover, why_missing
 from agr_batch.storage.hashing import PREFIX_BYTES, hash_file, prefix_hash, sha256_file
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def make_plan(
         plan.failures.append(Failure(path, message, st, row))
 
     for p in found.missing:
-        fail(str(p), "dangling link or vanished file", _lstat_or_none(str(p)))
+        fail(str(p), why_missing(p), _lstat_or_none(str(p)))
     for p, reason in found.errors:
         fail(str(p), f"cannot list folder ({reason})", _lstat_or_none(str(p)))
 

@@ -274,6 +274,21 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         raise
 
 
+def why_missing(path: Path) -> str:
+    """Why a path listed as missing cannot be opened, in a few words, for error lines."""
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if e.errno == errno.ENOENT and path.is_symlink():
+            return f"dangling symbolic link (to {os.readlink(path)})"
+        if e.errno == errno.ENOENT:
+            return "no such file or directory"
+        return e.strerror or str(e)
+    return "vanished while being listed"  # it exists again: a file replaced mid-listing
+
+
 def check_file(path: Path) -> None:
     """Raise SourceError for a missing, non-regular or empty file."""
     try:

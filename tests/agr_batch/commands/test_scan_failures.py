@@ -77,7 +77,7 @@ def test_dangling_link_and_unreadable_file_are_counted_failures(tmp_path, tiny_c
     first = _cli(*_scan_args(root, ds, model), bound=True)
     assert first.returncode == 1, first.stderr
     lines = first.stderr.strip().splitlines()
-    assert any("dangling.jpg" in ln and "dangling link" in ln for ln in lines), lines
+    assert any("dangling.jpg" in ln and "dangling symbolic link" in ln for ln in lines), lines
     assert any("secret.jpg" in ln and "Permission denied" in ln for ln in lines), lines
     assert _faces_by_source(ds) == expected  # the good file is processed
     assert _errors(ds) == [str(root / "cam1" / "dangling.jpg"), str(secret)]

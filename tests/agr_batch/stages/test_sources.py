@@ -56,6 +56,17 @@ def test_discover_mixes_files_dirs_unknown_and_missing(tmp_path: Path):
     assert len(found.images) == 2
 
 
+def test_missing_inputs_say_why(tmp_path: Path):
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    found = inputs.discover([tmp_path / "dangling.mp4", tmp_path / "loop.mp4", tmp_path / "x.mp4"])
+    assert [inputs.why_missing(p) for p in found.missing] == [
+        f"dangling symbolic link (to {tmp_path / 'deleted.mp4'})",
+        "symbolic link loop",
+        "no such file or directory",
+    ]
+
+
 def test_discover_order_is_deterministic(tmp_path: Path):
     for name in ["c.jpg", "a.jpg", "b.mp4", "z/y.png", "m/k.png"]:
         _touch(tmp_path / name)
