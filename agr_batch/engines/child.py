@@ -25,9 +25,12 @@ def _exit_with_parent() -> None:
     """Exit when the parent dies: a killed run must not leave a compiler behind.
 
     The child runs in its own session (so a timeout can kill its whole group), which also
-    means nothing else ends it when the parent is killed outright.
+    means nothing else ends it when the parent is killed outright. The parent passes its pid
+    on the command line: a parent killed while this process was still importing torch (seconds
+    under load) has already been replaced by a reaper, and ``os.getppid()`` alone would then
+    watch the reaper for ever.
     """
-    parent = os.getppid()
+    parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -150,7 +150,7 @@ def run_child(backend: str, ctx: BuildContext) -> Verdict:
     with open(log_path, "w") as err:
         # A new session, so a timeout kills the child's compile workers too.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agr_batch.engines.child"],
+            [sys.executable, "-m", "agr_batch.engines.child", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,

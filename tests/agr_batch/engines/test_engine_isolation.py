@@ -31,11 +31,13 @@ REPO = Path(__file__).resolve().parents[3]
 CPU = torch.device("cpu")
 
 SITE = """
-import os, signal, time
+import os, signal, sys, time
 
 MODE = {mode!r}
 with open({pidfile!r}, "a") as f:
     f.write(str(os.getpid()) + "\\n")
+if {slow_child!r} and "agr_batch.engines.child" in sys.orig_argv:
+    time.sleep(8)  # a child still importing torch when its parent is killed
 
 import torch
 import torch._inductor
@@ -89,12 +91,14 @@ def ckpt(tiny_run):
 def inject(tmp_path, monkeypatch):
     """``inject(mode)`` makes every new Python process load the fault ``mode``."""
 
-    def _inject(mode: str, *, auto_compiled: bool = False) -> Path:
+    def _inject(mode: str, *, auto_compiled: bool = False, slow_child: bool = False) -> Path:
         folder = tmp_path / "site"
         folder.mkdir(exist_ok=True)
         pidfile = tmp_path / "pids.txt"
         (folder / "sitecustomize.py").write_text(
-            SITE.format(mode=mode, pidfile=str(pidfile), auto_compiled=auto_compiled)
+            SITE.format(
+                mode=mode, pidfile=str(pidfile), auto_compiled=auto_compiled, slow_child=slow_child
+            )
         )
         path = [str(folder), str(REPO), os.environ.get("PYTHONPATH", "")]
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
@@ -261,9 +265,11 @@ def test_quiet_run_prints_nothing_on_success_even_while_compiling(ckpt, tmp_path
     assert (tmp_path / "s.parquet").exists()
 
 
-def test_a_killed_run_leaves_no_build_behind(ckpt, tmp_path, inject):
-    """SIGKILL of the run while its child builds: the child notices and exits too."""
-    pidfile = inject("compile-hang")
+@pytest.mark.parametrize("slow_child", [False, True], ids=["building", "still-importing"])
+def test_a_killed_run_leaves_no_build_behind(ckpt, tmp_path, inject, slow_child):
+    """SIGKILL of the run while its child builds, or before the child has even imported
+    torch (its watchdog then starts after the parent is gone): the child exits too."""
+    pidfile = inject("compile-hang", slow_child=slow_child)
     script = (
         "import sys, torch\n"
         "from agr_batch.checkpoint import load_checkpoint\n"
@@ -288,7 +294,7 @@ def test_a_killed_run_leaves_no_build_behind(ckpt, tmp_path, inject):
     parent.kill()
     parent.wait()
     child = [p for p in pids if p != parent.pid]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + (20 if slow_child else 10)
     while any(_alive(p) for p in child) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in child)
