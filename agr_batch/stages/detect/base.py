@@ -94,7 +94,7 @@ def session_options(threads: int) -> Any:
 
     Intra-op threads do not spin between operators: spinning keeps cores busy that the
     decoder is waiting for. In paired runs on 2 cores (decode and detect sharing them) turning
-    it off used 5–22 % less CPU and 0–17 % less wall time (BENCHMARKS.md).
+    it off used 5–22 % less CPU and 0–18 % less wall time (BENCHMARKS.md).
     """
     import onnxruntime as ort
 
