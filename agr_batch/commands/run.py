@@ -216,39 +216,48 @@ def _run(
             stats = pipeline.process([WorkItem(m) for m in media], on_source, progress)
             in_order.flush()
         times = stats.times
-        t_w = time.perf_counter()
-        outputs.write_table(
-            "--out", sink.stats(min_cell_count=config.min_cell_count), metadata=metadata
-        )
-        summary.suppressed_faces = sink.suppressed.faces
-        summary.suppressed_cells = sink.suppressed.cells
-        if sink.suppressed.everything:
-            faces = sink.suppressed.faces
-            msg = everything_suppressed(config.min_cell_count, faces=faces, where=str(config.out))
-            log.warning("%s", msg)
-        elif sink.suppressed.cells:
-            log.info(
-                "suppressed %d cells (%d faces) below --min-cell-count %d",
-                sink.suppressed.cells,
-                sink.suppressed.faces,
-                config.min_cell_count,
-            )
-        if config.tracks_out is not None:
-            outputs.write_table("--tracks", sink.tracks(), metadata=metadata)
-        if summary.files_failed and not summary.files_ok and not summary.frames:
-            # Every input failed before a single frame: empty tables would replace the last
-            # good ones and look like "nobody came". The temporary files are discarded; the
-            # old set stays. (A source that failed part way keeps its good frames' results.)
-            summary.classified_faces = stats.classified_faces
-            summary.stage_s = times.as_dict()
-            return summary
-        outputs.commit()
-        times.write += time.perf_counter() - t_w
+        # Every input failed before a single frame: empty tables would replace the last good
+        # ones and look like "nobody came", so nothing is written and the old set stays. (A
+        # source that failed part way keeps its good frames' results.)
+        if summary.files_ok or summary.frames or not summary.files_failed:
+            t_w = time.perf_counter()
+            _write_tables(config, outputs, sink, metadata, summary)
+            outputs.commit()
+            times.write += time.perf_counter() - t_w
     summary.classified_faces = stats.classified_faces
     summary.stage_s = times.as_dict()
-    summary.outputs = {"stats": str(config.out)}
-    if config.faces_out is not None:
-        summary.outputs["faces"] = str(config.faces_out)
-    if config.tracks_out is not None:
-        summary.outputs["tracks"] = str(config.tracks_out)
+    if outputs.committed:
+        summary.outputs = {"stats": str(config.out)}
+        if config.faces_out is not None:
+            summary.outputs["faces"] = str(config.faces_out)
+        if config.tracks_out is not None:
+            summary.outputs["tracks"] = str(config.tracks_out)
     return summary
+
+
+def _write_tables(
+    config: RunConfig,
+    outputs: OutputSet,
+    sink: ResultSink,
+    metadata: dict[str, Any],
+    summary: RunSummary,
+) -> None:
+    """Write the stats (and tracks) tables to their temporary files; say what was suppressed."""
+    outputs.write_table(
+        "--out", sink.stats(min_cell_count=config.min_cell_count), metadata=metadata
+    )
+    summary.suppressed_faces = sink.suppressed.faces
+    summary.suppressed_cells = sink.suppressed.cells
+    if sink.suppressed.everything:
+        faces = sink.suppressed.faces
+        msg = everything_suppressed(config.min_cell_count, faces=faces, where=str(config.out))
+        log.warning("%s", msg)
+    elif sink.suppressed.cells:
+        log.info(
+            "suppressed %d cells (%d faces) below --min-cell-count %d",
+            sink.suppressed.cells,
+            sink.suppressed.faces,
+            config.min_cell_count,
+        )
+    if config.tracks_out is not None:
+        outputs.write_table("--tracks", sink.tracks(), metadata=metadata)
