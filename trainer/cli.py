@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from agr_batch import __version__
 from agr_batch.checkpoint import CheckpointError
-from agr_batch.cli.common import StderrHandler
 from agr_batch.device import DEVICES, DeviceError
 from agr_batch.exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
 from agr_batch.models import list_models
@@ -26,11 +25,24 @@ from trainer.fit import SCHEDULERS, FitConfig, FitError
 _EXPECTED_ERRORS = (DataError, FitError, CheckpointError, DeviceError)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        """The current ``sys.stderr``."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger()
-    if not any(isinstance(h, StderrHandler) for h in root.handlers):
-        handler = StderrHandler()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level)

@@ -19,7 +19,7 @@ import click
 
 from agr_batch.exitcodes import EXIT_USAGE
 
-__all__ = ["StderrHandler", "config_errors", "echo_error", "fail", "log_result", "setup_logging"]
+__all__ = ["config_errors", "echo_error", "fail", "log_result", "setup_logging"]
 
 RESULT_LOGGER = "agr_batch.result"
 """The logger of each run's one-line summary: always written to ``--log-file``."""
@@ -52,8 +52,8 @@ def config_errors() -> tuple[type[BaseException], ...]:
 _FILE_ONLY = {"agr_batch_file_only": True}
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time of each record (CliRunner swaps it)."""
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
 
     _agr_batch = True
 
@@ -97,7 +97,7 @@ def setup_logging(
         if getattr(h, "_agr_batch", False):  # commands run again in one process (tests)
             root.removeHandler(h)
             h.close()
-    stderr = StderrHandler()
+    stderr = _StderrHandler()
     stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     stderr.setLevel(level)
     root.addHandler(stderr)
