@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from agr_batch.records import Frame
+from agr_batch.stages.decode.lookahead import SKIPPABLE_CODECS, ExactSkip
 from agr_batch.stages.decode.media import (
     DEFAULT_MAX_PIXELS,
     SourceError,
@@ -173,11 +174,25 @@ def video_frames(
         origin = stream.start_time  # PTS of the stream's start, in time_base units
 
         sampler = Sampler(sample_fps, rate=rate, start=start, end=end)
+        skip = None
+        # Taking every frame leaves nothing to skip; the other modes skip frames themselves.
+        some_untaken = bool(sample_fps and sample_fps > 0) or start is not None
+        if (
+            some_untaken
+            and not keyframes_only
+            and not skip_nonref
+            and _exact_skip_applies(container, stream)
+        ):
+            skip = ExactSkip(
+                Sampler(sample_fps, rate=rate, start=start, end=end).take,
+                lambda pts: float((pts - origin) * time_base),  # type: ignore[operator]
+                name=str(path),
+            )
         last_t = -math.inf
         stopped = False
         rotation_warned = False
         state = _DecodeState()
-        for index, frame in _decode(container, stream, keyframes_only, state):
+        for index, frame in _decode(container, stream, keyframes_only, state, skip):
             if frame.pts is None:
                 t = last_t + 1.0 / rate if last_t > -math.inf else 0.0
             else:
@@ -238,20 +253,40 @@ class _DecodeState:
             self.error = ffmpeg_reason(e)
 
 
+def _exact_skip_applies(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> bool:
+    """Whether :class:`ExactSkip` is safe here: H.264 with one frame per packet and times.
+
+    MP4/MOV and Matroska store a frame (both fields of an interlaced one) per packet; MPEG-TS
+    may split the fields, and a half-skipped frame would be damaged.
+    """
+    fmt = container.format.name
+    return (
+        stream.codec_context.name in SKIPPABLE_CODECS
+        and stream.start_time is not None
+        and ("mp4" in fmt or "matroska" in fmt)
+    )
+
+
 def _decode(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     keyframes_only: bool,
     state: _DecodeState,
+    skip: ExactSkip | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """(frame index, frame) in presentation order, surviving bad packets.
 
     A packet the decoder refuses is counted and skipped (as the ffmpeg tool does); a read
     error ends the demuxing. Either way the decoder is drained, so the frames it still holds
     (frame threading keeps several in flight) are not lost. In keyframes-only mode the index
-    is that of the keyframe's packet.
+    is that of the keyframe's packet. With ``skip``, packets pass through its look-ahead and
+    the decoder drops the frames it marks that nothing refers to (see :mod:`.lookahead`).
     """
     key_packets: dict[int, int] = {}  # PTS of a key packet -> its index
+    codec = stream.codec_context
+    last_index = -1
     demux = container.demux(stream)
     while True:
         try:
@@ -259,29 +294,47 @@ def _decode(
         except av.FFmpegError as e:
             state.note(e)
             packet = None
-        if packet is None:  # end of input (demux's own flush packet already drained)
-            if state.error is None:
-                return
+        ready: list[tuple[av.Packet, bool]] = []
+        if packet is not None and packet.size:
+            if keyframes_only and packet.is_keyframe and packet.pts is not None:
+                key_packets[packet.pts] = state.packets
+            state.packets += 1
+            ready = skip.push(packet) if skip is not None else [(packet, False)]
+        elif packet is None and skip is not None:
+            ready = skip.flush()
+        outs: list[list[av.VideoFrame]] = []
+        for held, skippable in ready:
+            if skip is not None:
+                codec.skip_frame = "NONREF" if skippable else "DEFAULT"
             try:
-                out = stream.decode(None)
-            except av.FFmpegError:
-                return
-        else:
-            if packet.size:
-                if keyframes_only and packet.is_keyframe and packet.pts is not None:
-                    key_packets[packet.pts] = state.packets
-                state.packets += 1
-            try:
-                out = packet.decode()
+                outs.append(held.decode())
             except av.FFmpegError as e:
                 state.note(e)
-                continue
-        for frame in out:
-            index = state.decoded
-            state.decoded += 1
-            if keyframes_only and frame.pts is not None:
-                index = key_packets.pop(frame.pts, index)
-            yield index, frame
+        if packet is None and (skip is not None or state.error is not None):
+            # Drain what the decoder still holds: demux's own flush packet did it unless
+            # demuxing failed, or the look-ahead held that flush packet back.
+            codec.skip_frame = "DEFAULT"
+            try:
+                outs.append(stream.decode(None))
+            except av.FFmpegError:
+                pass
+        elif packet is not None and not packet.size and skip is None:
+            # PyAV's own flush packet at the end of demuxing: as before, through the decoder.
+            try:
+                outs.append(packet.decode())
+            except av.FFmpegError as e:
+                state.note(e)
+        for out in outs:
+            for frame in out:
+                found = skip.index(frame.pts) if skip is not None else None
+                index = found if found is not None else (
+                    state.decoded if skip is None else last_index + 1
+                )
+                state.decoded += 1
+                if keyframes_only and frame.pts is not None:
+                    index = key_packets.pop(frame.pts, index)
+                last_index = index
+                yield index, frame
         if packet is None:
             return
 
