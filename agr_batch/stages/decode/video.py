@@ -314,10 +314,8 @@ def _decode(
             # Drain what the decoder still holds: demux's own flush packet did it unless
             # demuxing failed, or the look-ahead held that flush packet back.
             codec.skip_frame = "DEFAULT"
-            try:
+            with contextlib.suppress(av.FFmpegError):
                 outs.append(stream.decode(None))
-            except av.FFmpegError:
-                pass
         elif packet is not None and not packet.size and skip is None:
             # PyAV's own flush packet at the end of demuxing: as before, through the decoder.
             try:
@@ -327,8 +325,10 @@ def _decode(
         for out in outs:
             for frame in out:
                 found = skip.index(frame.pts) if skip is not None else None
-                index = found if found is not None else (
-                    state.decoded if skip is None else last_index + 1
+                index = (
+                    found
+                    if found is not None
+                    else (state.decoded if skip is None else last_index + 1)
                 )
                 state.decoded += 1
                 if keyframes_only and frame.pts is not None:
