@@ -88,10 +88,11 @@ class DetectorConfig:
         min_face: Minimum face size (shorter box side) in frame pixels.
         max_side: Longest side of the detector's working resolution, in pixels.
         model_path: Weights file for detectors that need one (``scrfd``).
-        backend: How CenterFace runs: ``auto`` (onnxruntime on CPU, the compiled engine on
-            CUDA), ``onnxruntime``, ``onnxruntime-int8``, or an engine backend (``eager``,
-            ``channels_last``, ``compiled``, ``inductor``, ``tensorrt``) in PyTorch.
-        threads: onnxruntime threads (None: every core this process may use).
+        backend: How CenterFace runs: ``auto`` (on CPU OpenVINO in bf16 where the CPU computes
+            bf16 natively, else onnxruntime; the compiled engine on CUDA), ``onnxruntime``,
+            ``onnxruntime-int8``, ``openvino``, ``openvino-bf16``, or an engine backend
+            (``eager``, ``channels_last``, ``compiled``, ``inductor``, ``tensorrt``) in PyTorch.
+        threads: Detector threads (None: every core this process may use).
     """
 
     name: str = "centerface"

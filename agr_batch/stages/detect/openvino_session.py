@@ -1,0 +1,108 @@
+"""CenterFace's ONNX graph on OpenVINO's CPU plugin, in bf16 where the CPU computes it natively.
+
+On x86 CPUs with bf16 instructions (AVX-512 BF16, AMX) OpenVINO runs the detector about twice
+as fast as onnxruntime in fp32, which has no bf16 convolutions; the same faces come out and
+landmarks move by well under a pixel on video faces (BENCHMARKS.md, tests). Where the CPU has
+no bf16, OpenVINO computes in fp32 and is no faster than onnxruntime, so ``auto`` does not
+pick it there.
+
+:class:`OpenVinoSession` offers the one method of onnxruntime's ``InferenceSession`` that
+:class:`~agr_batch.stages.detect.centerface.CenterFace` calls, so the detector's resizing
+and decoding are shared.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+
+_SHAPES_KEPT = 4  # compiled networks kept, one per input shape (frames of a run share one)
+
+
+def available() -> bool:
+    """Whether the ``openvino`` package imports here."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively on this CPU (else it emulates)."""
+    if not available():
+        return False
+    import openvino as ov
+
+    try:
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:  # no CPU plugin
+        return False
+    return "BF16" in caps
+
+
+class OpenVinoSession:
+    """CenterFace's network on OpenVINO, called like an onnxruntime session.
+
+    Networks are compiled per input shape (about 0.15 s each), because static shapes run
+    faster than one dynamic network; the last few shapes are kept.
+
+    Args:
+        model: The ONNX model, serialised.
+        threads: Inference threads; the CPU plugin's threads are not pinned to cores, since
+            they share the cores with the decoder's.
+        precision: ``bf16`` asks for bf16 inference (honoured only where the CPU computes
+            it natively; :attr:`precision` says what was used), ``fp32`` keeps fp32.
+    """
+
+    def __init__(self, model: bytes, *, threads: int, precision: Precision) -> None:
+        import openvino as ov
+
+        self._core = ov.Core()
+        self._model = self._core.read_model(model)
+        self._config = {
+            "INFERENCE_NUM_THREADS": int(threads),
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
+        self._outputs = [port.get_any_name() for port in self._model.outputs]
+        self._compiled: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
+        self.precision: str = precision
+        logger.info("centerface on OpenVINO %s, %d thread(s)", precision, threads)
+
+    def get_providers(self) -> list[str]:
+        """Named as onnxruntime names its providers, for the recorded configuration."""
+        return [f"OpenVINO CPU ({self.precision})"]
+
+    def run(self, names: Sequence[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs ``names`` for the one input in ``feed``, as onnxruntime returns them."""
+        (blob,) = feed.values()
+        compiled, request = self._network(tuple(blob.shape))
+        result = request.infer({0: np.ascontiguousarray(blob)})
+        by_name = dict(zip(self._outputs, compiled.outputs, strict=True))
+        # The request reuses its output buffers on the next call: copy.
+        return [np.array(result[by_name[name]]) for name in names]
+
+    def _network(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        if shape in self._compiled:
+            self._compiled.move_to_end(shape)
+            return self._compiled[shape]
+        self._model.reshape({0: list(shape)})
+        compiled = self._core.compile_model(self._model, "CPU", self._config)
+        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = "bf16" if "bf16" in used or "bfloat16" in used else "fp32"
+        self._compiled[shape] = (compiled, compiled.create_infer_request())
+        while len(self._compiled) > _SHAPES_KEPT:
+            self._compiled.popitem(last=False)
+        return self._compiled[shape]
