@@ -30,7 +30,7 @@ test: lint chromium test-decode
 # with the newest PyAV (19.x needs Python >= 3.12) and the oldest PyAV the project accepts.
 # insightface is installed without its dependencies: only its bundled photos are used.
 PY312 ?= $(shell PYENV_VERSION=3.12.1 pyenv which python3.12 2>/dev/null || command -v python3.12)
-DECODE_TESTS := tests/agr_batch/stages/test_sources.py
+DECODE_TESTS := tests/agr_batch/stages/test_sources.py tests/agr_batch/stages/test_decode_lookahead.py
 AV_FLOOR := 17.1.0
 
 .venv-decode-py312/.stamp:
