@@ -325,6 +325,25 @@ def make_text_as(path: str | Path) -> Path:
     return Path(path)
 
 
+def make_edit_listed(src: str | Path, dst: str | Path, *, hidden: int = 7) -> Path:
+    """``src`` remuxed so that an edit list hides its first ``hidden`` frames (as a cut made
+    without re-encoding leaves them): their packets stay, flagged discard, for reference."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = source.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        shift = None
+        for packet in source.demux(stream):
+            if packet.dts is None:
+                continue
+            if shift is None:  # one frame's duration in PTS units, times the frames hidden
+                shift = round(hidden / float(stream.average_rate) / stream.time_base)
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = copy
+            out.mux(packet)
+    return Path(dst)
+
+
 def make_truncated(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Path:
     """The first ``fraction`` of ``src``'s bytes."""
     data = Path(src).read_bytes()

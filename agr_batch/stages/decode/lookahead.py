@@ -19,6 +19,11 @@ never a reference. (HEVC's "sub-layer non-reference" pictures may be referenced 
 temporal layers, so dropping them is not safe in general.) Anything that would make the
 look-ahead guess (a packet without a time, a repeated time, reordering deeper than the
 window) turns skipping off for the rest of the stream: from then on every frame is decoded.
+So does a sampled frame that never comes out of the decoder (a damaged one). In a damaged
+stretch of a stream the decoder conceals broken pictures from what it has decoded, so the
+concealed pixels there may differ from a full decode's; intact streams decode identically.
+Packets an edit list discards (decoded for reference, never shown) have no place in
+presentation order.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ SKIPPABLE_CODECS = frozenset({"h264"})
 class _Packet(Protocol):
     @property
     def pts(self) -> int | None: ...
+
+    @property
+    def is_discard(self) -> bool: ...
 
 
 class _Take(Protocol):
@@ -75,7 +83,8 @@ class ExactSkip:
         self._unplaced: list[int] = []  # heap of held PTS not yet placed in presentation order
         self._seen: set[int] = set()  # PTS of held packets, to catch repeats
         self._needed: set[int] = set()
-        self._order: deque[tuple[int, int]] = deque()  # (PTS, presentation index), placed
+        # Placed frames not yet out of the decoder: (PTS, presentation index, sampled).
+        self._order: deque[tuple[int, int, bool]] = deque()
         self._placed = 0
         self._front: int | None = None  # the last PTS placed
         self.active = True
@@ -84,12 +93,20 @@ class ExactSkip:
     def push(self, packet: _Packet) -> list[tuple[_Packet, bool]]:
         """Hold ``packet``; return ``(packet, skippable)`` for those now settled, in order."""
         pts = packet.pts
+        if packet.is_discard:
+            # Decoded (later frames may refer to it) but never shown: an edit list starts the
+            # video after it. It has no place in presentation order.
+            self._held.append(packet)
+            return self._ready()
         if self.active and (pts is None or pts in self._seen or self._behind(pts)):
             self._stop("a packet without a time, a repeated time or deep reordering")
         if self.active and pts is not None:
             self._seen.add(pts)
             heapq.heappush(self._unplaced, pts)
         self._held.append(packet)
+        return self._ready()
+
+    def _ready(self) -> list[tuple[_Packet, bool]]:
         ready = []
         while len(self._held) > self._window:
             ready.append(self._release())
@@ -112,7 +129,10 @@ class ExactSkip:
             return None
         order = self._order
         while order and order[0][0] < pts:
-            order.popleft()
+            if order.popleft()[2]:
+                # A frame the shadow sampler took never came out (the decoder dropped it):
+                # the real sampler now takes another, which may have been skipped.
+                self._stop("a sampled frame was not decoded")
         if order and order[0][0] == pts:
             return order.popleft()[1]
         return None
@@ -124,16 +144,17 @@ class ExactSkip:
         """The oldest held packet, once its frame's place and fate are known."""
         packet = self._held.popleft()
         pts = packet.pts
-        if not self.active or pts is None:
+        if not self.active or pts is None or packet.is_discard:
             return packet, False
         # Every frame shown before this one has been read by now (reordering is shallower
         # than the window), so the times up to this one are settled, in presentation order.
         while self._unplaced and self._unplaced[0] <= pts:
             placed = heapq.heappop(self._unplaced)
             self._front = placed
-            self._order.append((placed, self._placed))
+            taken = self._take(self._seconds(placed)) is True
+            self._order.append((placed, self._placed, taken))
             self._placed += 1
-            if self._take(self._seconds(placed)) is True:
+            if taken:
                 self._needed.add(placed)
         self._seen.discard(pts)
         if pts in self._needed:

@@ -19,6 +19,7 @@ from tests import media
 @dataclass(frozen=True)
 class FakePacket:
     pts: int | None
+    is_discard: bool = False
 
 
 def _two_fps() -> ExactSkip:
@@ -66,6 +67,27 @@ def test_anything_it_would_guess_turns_skipping_off(pts, why):
     # From the packet that broke the look-ahead on, every frame is decoded.
     first_bad = next(i for i, p in enumerate(pts) if p is None or p in pts[:i] or p == 2)
     assert not any(s for _, s in released[max(0, first_bad - 4) :])
+
+
+def test_a_sampled_frame_the_decoder_drops_turns_skipping_off():
+    skip = _two_fps()
+    released = _run(skip, DECODE_ORDER[:9])
+    assert released and skip.active
+    # Frame 0 was sampled, but the first frame out of the decoder is 1.
+    assert skip.index(1) == 1
+    assert not skip.active
+
+
+def test_discarded_packets_are_decoded_and_have_no_place():
+    skip = _two_fps()
+    pts = [-8, -4, 0, *[p + 1 for p in DECODE_ORDER[1:]]]
+    flags = [True, True] + [False] * (len(pts) - 2)
+    out = []
+    for p, d in zip(pts, flags, strict=True):
+        out += skip.push(FakePacket(p, d))
+    out += skip.flush()
+    assert [(q.pts, s) for q, s in out[:2]] == [(-8, False), (-4, False)]
+    assert skip.active and skip.index(0) == 0 and skip.index(16) == 15
 
 
 def _frames(path: Path, **kw) -> list[tuple[int, float, str]]:
@@ -136,6 +158,15 @@ def test_other_timings_and_containers_match_a_full_decode(monkeypatch, tmp_path,
     path = tmp_path / name
     media.make_video(path, [t1_rgb], fps=30, seconds=3, size=(320, 240), **kw)
     assert _frames(path, sample_fps=3.0) == _full_decode(monkeypatch, path, sample_fps=3.0)
+
+
+def test_frames_an_edit_list_hides_are_not_counted(monkeypatch, counted, tmp_path, bframe_clip):
+    cut = media.make_edit_listed(bframe_clip, tmp_path / "cut.mp4", hidden=7)
+    with av.open(str(cut)) as c:
+        assert sum(p.is_discard for p in c.demux(video=0)) == 7
+    for kw in ({"sample_fps": 2.0}, {"sample_fps": 7.0}, {"sample_fps": None, "start": 1.0}):
+        assert _frames(cut, **kw) == _full_decode(monkeypatch, cut, **kw)
+    assert counted and all(c.active and c.marked > 0 for c in counted)
 
 
 @pytest.mark.parametrize("name", ["clip.ts", "clip.avi"])
