@@ -109,6 +109,18 @@ def test_frame_sizes_change_within_a_run(detectors):
     assert counts[0] == counts[-1] == 6 and all(c >= 5 for c in counts)
 
 
+def test_a_frequent_shape_gets_its_own_network_with_the_same_faces():
+    det = CenterFace(max_side=640, input_width=None, threads=2, openvino="bf16")
+    frame = cv2.resize(media.load_rgb("t1.jpg"), (1280, 720))
+    first = det.detect([frame])[0]
+    for _ in range(openvino_session._HOT):
+        later = det.detect([frame])[0]
+    assert list(det._session._fixed) == [(1, 3, 384, 640)]  # 720p at 640 px, padded to 32
+    assert len(first) == len(later) == 6
+    np.testing.assert_allclose(later.boxes, first.boxes, atol=0.5)
+    np.testing.assert_allclose(later.landmarks, first.landmarks, atol=0.5)
+
+
 def test_the_precision_used_is_recorded(detectors):
     _, bf16, ov32 = detectors
     want = "bf16" if openvino_session.native_bf16() else "fp32"
