@@ -142,8 +142,9 @@ class ProcessingConfig:
         model: Checkpoint path.
         sample_fps: Frames sampled per second of video (by presentation time; 0 = all).
         keyframes_only: Decode keyframes alone (fast scans).
-        skip_nonref: Skip decoding frames nothing refers to (B-frames); sampled frames may
-            move by a frame or two.
+        skip_nonref: Skip decoding every frame nothing refers to (B-frames), sampled ones
+            too; sampled frames may move by a frame or two. (Unsampled ones are skipped
+            exactly without it.)
         window_s: Aggregation window in seconds.
         detector: Detector configuration.
         batch_size: Faces per classifier call.

@@ -59,7 +59,8 @@ _PROCESSING_OPTIONS = [
     click.option(
         "--skip-nonref",
         is_flag=True,
-        help="Skip decoding B-frames (faster; samples may move by a frame or two).",
+        help="Skip decoding all B-frames, sampled ones too (a little faster than the "
+        "default, which skips only unsampled ones; samples may move by a frame or two).",
     ),
     click.option(
         "--window", "window_s", default=60.0, show_default=True, help="Aggregation window, s."
