@@ -104,6 +104,7 @@ def open_frames(
     *,
     device: str = "cpu",
     images: ImageBatcher | None = None,
+    decode_threads: int | None = None,
 ) -> OpenedFrames:
     """The frames of ``item`` with the decoder ``decoder`` (``pyav``, ``nvdec``, ``torchcodec``).
 
@@ -117,6 +118,7 @@ def open_frames(
         decoder: The resolved video decoder.
         device: Where GPU decoders put their frames.
         images: Decodes single images in batches on the GPU (None: Pillow on the host).
+        decode_threads: PyAV's decoder threads (None: FFmpeg's choice).
 
     Raises:
         SourceError: The file cannot be opened (a video is probed here; other failures are
@@ -156,6 +158,7 @@ def open_frames(
             end=item.decode_end,
             keyframes_only=config.keyframes_only,
             skip_nonref=config.skip_nonref,
+            threads=decode_threads,
         )
     return OpenedFrames(it, info.duration_s, expected)
 

@@ -152,19 +152,23 @@ def decode_worker(
     *,
     device: str = "cpu",
     gpu_images: bool = False,
+    decode_threads: int | None = None,
 ) -> None:
     """The decode thread: every item's frames, between its start and end records.
 
     A file that cannot be read ends its item with the error; the batch goes on. Each frame's
     bytes are reserved in ``budget`` before it is queued. With ``gpu_images`` single images
-    are decoded on ``device`` by nvJPEG, in batches.
+    are decoded on ``device`` by nvJPEG, in batches. ``decode_threads`` caps PyAV's threads.
     """
     try:
         images = ImageBatcher(items, device) if gpu_images else None
         for key, item in enumerate(items):
             error: str | None = None
             try:
-                opened = open_frames(item, config, decoder, device=device, images=images)
+                opened = open_frames(
+                    item, config, decoder, device=device, images=images,
+                    decode_threads=decode_threads,
+                )  # fmt: skip
             except Exception as e:  # probing failed: the item fails, the batch goes on
                 _put(out, ItemStart(key, item, None), stop)
                 _put(out, ItemEnd(key, None, _decode_error(item, e)), stop)

@@ -202,6 +202,7 @@ def frames(
     end: float | None = None,
     keyframes_only: bool = False,
     skip_nonref: bool = False,
+    threads: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exif_tz: dt.tzinfo | None = None,
 ) -> Iterator[Frame]:
@@ -214,6 +215,7 @@ def frames(
         end: Video only; see :func:`~agr_batch.stages.decode.video.video_frames`.
         keyframes_only: Video only; see :func:`~agr_batch.stages.decode.video.video_frames`.
         skip_nonref: Video only; see :func:`~agr_batch.stages.decode.video.video_frames`.
+        threads: Video only; see :func:`~agr_batch.stages.decode.video.video_frames`.
         max_pixels: Image only; see :func:`~agr_batch.stages.decode.image.image_frame`.
         exif_tz: Image only; see :func:`~agr_batch.stages.decode.image.image_frame`.
 
@@ -240,6 +242,7 @@ def frames(
             end=end,
             keyframes_only=keyframes_only,
             skip_nonref=skip_nonref,
+            threads=threads,
         )
     elif kind == "image":
         yield image_frame(path, max_pixels=max_pixels, exif_tz=exif_tz)

@@ -124,6 +124,7 @@ def video_frames(
     end: float | None = None,
     keyframes_only: bool = False,
     skip_nonref: bool = False,
+    threads: int | None = None,
 ) -> Iterator[Frame]:
     """Decode a video with PyAV and yield sampled frames as RGB.
 
@@ -150,6 +151,8 @@ def video_frames(
             frame or two after its instant, and ``frame_index`` is derived from the timestamp
             (exact for constant frame rate). The default already skips the unsampled ones
             exactly, so this saves little more.
+        threads: Decoder threads (None: FFmpeg's choice, about one per core). Fewer leave
+            cores to a face detector running beside the decoder.
 
     Yields:
         Frames with ``time_s`` in seconds from the stream's start, ``frame_index`` the index
@@ -167,6 +170,8 @@ def video_frames(
     with _video(path) as (container, stream):
         _check_frame_size(path, stream)
         stream.thread_type = "AUTO"
+        if threads is not None:
+            stream.codec_context.thread_count = max(1, int(threads))
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
         elif skip_nonref:

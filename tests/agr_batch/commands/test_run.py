@@ -106,6 +106,31 @@ def test_per_face_mode_classifies_every_face(scene_video, tiny_checkpoint, tmp_p
     assert summary["faces"] == 36 and summary["classified_faces"] == 36
 
 
+@pytest.mark.parametrize(("threads", "decoder_threads"), [(4, 2), (1, 1)])
+def test_a_cpu_detector_leaves_the_decoder_half_the_cores(
+    scene_video, tiny_checkpoint, tmp_path, monkeypatch, threads, decoder_threads
+):
+    from agr_batch.config import DetectorConfig
+    from agr_batch.pipeline import stream
+
+    seen: list[int | None] = []
+    original = stream.open_frames
+
+    def spy(*args, decode_threads=None, **kwargs):
+        seen.append(decode_threads)
+        return original(*args, decode_threads=decode_threads, **kwargs)
+
+    monkeypatch.setattr(stream, "open_frames", spy)
+    summary = run(
+        RunConfig(
+            inputs=(str(scene_video.path),), out=tmp_path / "s.parquet", model=tiny_checkpoint,
+            backend="eager", sample_fps=1.0, detector=DetectorConfig(threads=threads),
+        )
+    )  # fmt: skip
+    assert seen == [decoder_threads]
+    assert summary.faces == 36  # the same six faces in each of the six sampled frames
+
+
 def test_mixed_folder_with_bad_files(tmp_path, tiny_checkpoint):
     folder = tmp_path / "camera"
     (folder / "sub").mkdir(parents=True)

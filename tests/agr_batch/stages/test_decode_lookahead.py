@@ -198,3 +198,7 @@ def test_truncated_file_keeps_its_good_frames(monkeypatch, counted, tmp_path, no
     monkeypatch.setattr(video_module, "_exact_skip_applies", lambda container, stream: False)
     full = read()
     assert len(full) >= 10 and skipped == full
+
+
+def test_one_decoder_thread_gives_the_same_frames(bframe_clip):
+    assert _frames(bframe_clip, sample_fps=3.0, threads=1) == _frames(bframe_clip, sample_fps=3.0)
