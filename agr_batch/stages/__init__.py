@@ -2,7 +2,8 @@
 
 * :mod:`~agr_batch.stages.decode` — input discovery; frames from videos (PyAV, TorchCodec,
   NVDEC) and images (Pillow, nvJPEG), sampled by presentation time;
-* :mod:`~agr_batch.stages.detect` — face boxes and five landmarks (CenterFace, SCRFD);
+* :mod:`~agr_batch.stages.detect` — face boxes and five landmarks (CenterFace on
+  onnxruntime, OpenVINO or PyTorch; SCRFD);
 * :mod:`~agr_batch.stages.align` — FairFace-geometry chips (:mod:`~agr_batch.stages.align_torch`:
   the same on the device, batched);
 * :mod:`~agr_batch.stages.track` — one track per person across sampled frames;

