@@ -325,6 +325,13 @@ def make_text_as(path: str | Path) -> Path:
     return Path(path)
 
 
+def faceless_frames() -> list[np.ndarray]:
+    """A flat grey 720p frame and one of uniform noise: no detector may find a face in them."""
+    blank = np.full((720, 1280, 3), 90, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    return [blank, noise]
+
+
 def make_edit_listed(src: str | Path, dst: str | Path, *, hidden: int = 7) -> Path:
     """``src`` remuxed so that an edit list hides its first ``hidden`` frames (as a cut made
     without re-encoding leaves them): their packets stay, flagged discard, for reference."""
