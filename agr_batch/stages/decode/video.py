@@ -293,7 +293,6 @@ def _decode(
     the decoder drops the frames it marks that nothing refers to (see :mod:`.lookahead`).
     """
     key_packets: dict[int, int] = {}  # PTS of a key packet -> its index
-    codec = stream.codec_context
     last_index = -1
     demux = container.demux(stream)
     while True:
@@ -310,34 +309,15 @@ def _decode(
             ready = skip.push(packet) if skip is not None else [(packet, False)]
         elif packet is None and skip is not None:
             ready = skip.flush()
-        outs: list[list[av.VideoFrame]] = []
-        for held, skippable in ready:
-            if skip is not None:
-                codec.skip_frame = "NONREF" if skippable else "DEFAULT"
-            try:
-                outs.append(held.decode())
-            except av.FFmpegError as e:
-                state.note(e)
-        if packet is None and (skip is not None or state.error is not None):
-            # Drain what the decoder still holds: demux's own flush packet did it unless
-            # demuxing failed, or the look-ahead held that flush packet back.
-            codec.skip_frame = "DEFAULT"
-            with contextlib.suppress(av.FFmpegError):
-                outs.append(stream.decode(None))
-        elif packet is not None and not packet.size and skip is None:
-            # PyAV's own flush packet at the end of demuxing: as before, through the decoder.
-            try:
-                outs.append(packet.decode())
-            except av.FFmpegError as e:
-                state.note(e)
-        for out in outs:
+        for out in _decoded(stream, packet, ready, skip, state):
+            # Frame by frame as each packet is decoded: the look-ahead releases up to 48
+            # packets at the end, and their frames are not all held at once.
             for frame in out:
                 found = skip.index(frame.pts) if skip is not None else None
-                index = (
-                    found
-                    if found is not None
-                    else (state.decoded if skip is None else last_index + 1)
-                )
+                if found is not None:
+                    index = found
+                else:
+                    index = state.decoded if skip is None else last_index + 1
                 state.decoded += 1
                 if keyframes_only and frame.pts is not None:
                     index = key_packets.pop(frame.pts, index)
@@ -345,6 +325,38 @@ def _decode(
                 yield index, frame
         if packet is None:
             return
+
+
+def _decoded(
+    stream: av.video.stream.VideoStream,
+    packet: av.Packet | None,
+    ready: list[tuple[av.Packet, bool]],
+    skip: ExactSkip | None,
+    state: _DecodeState,
+) -> Iterator[list[av.VideoFrame]]:
+    """The decoder's output for each packet in ``ready``, then, at the end, its drain."""
+    codec = stream.codec_context
+    for held, skippable in ready:
+        if skip is not None:
+            codec.skip_frame = "NONREF" if skippable else "DEFAULT"
+        try:
+            out = held.decode()
+        except av.FFmpegError as e:
+            state.note(e)
+            continue
+        yield out
+    if packet is None and (skip is not None or state.error is not None):
+        # Drain what the decoder still holds: demux's own flush packet did it unless
+        # demuxing failed, or the look-ahead held that flush packet back.
+        codec.skip_frame = "DEFAULT"
+        with contextlib.suppress(av.FFmpegError):
+            yield stream.decode(None)
+    elif packet is not None and not packet.size and skip is None:
+        # PyAV's own flush packet at the end of demuxing: as before, through the decoder.
+        try:
+            yield packet.decode()
+        except av.FFmpegError as e:
+            state.note(e)
 
 
 @dataclass(frozen=True)
