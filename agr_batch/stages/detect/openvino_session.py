@@ -39,14 +39,20 @@ def available() -> bool:
 
 
 @functools.cache
+def _core() -> Any:
+    """One OpenVINO runtime per process (it loads its plugins once; compiling is thread-safe)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@functools.cache
 def native_bf16() -> bool:
     """Whether OpenVINO's CPU plugin computes bf16 natively on this CPU (else it emulates)."""
     if not available():
         return False
-    import openvino as ov
-
     try:
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except RuntimeError:  # no CPU plugin
         return False
     return "BF16" in caps
@@ -69,10 +75,8 @@ class OpenVinoSession:
     """
 
     def __init__(self, model: bytes, *, threads: int, precision: Precision) -> None:
-        import openvino as ov
-
-        self._core = ov.Core()
-        self._model_bytes = model
+        self._core = _core()
+        self._model = self._core.read_model(model)  # parsed once; reshaped copies per shape
         self._config = {
             "INFERENCE_NUM_THREADS": int(threads),
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -99,8 +103,9 @@ class OpenVinoSession:
         return [np.array(result[compiled.outputs[outputs[name]]]) for name in names]
 
     def _compile(self, shape: tuple[int, ...] | None) -> tuple[Any, Any, dict[str, int]]:
-        model = self._core.read_model(self._model_bytes)
+        model = self._model
         if shape is not None:
+            model = model.clone()
             model.reshape({0: list(shape)})
         compiled = self._core.compile_model(model, "CPU", self._config)
         outputs = {port.get_any_name(): i for i, port in enumerate(compiled.outputs)}
