@@ -288,39 +288,97 @@ class CenterFace:
         for b, image in enumerate(images):
             resized, cover = _resize(image, nw, nh)
             blob[b, :, :nh, :nw] = resized.transpose(2, 0, 1)
-        heatmap, scale, offset, landmarks = self._session.run(list(_OUTPUTS), {_INPUT: blob})
+        maps = self._session.run(list(_OUTPUTS), {_INPUT: blob})
         # Scale from frame to network pixels (``cover`` excludes rows or columns dropped
         # when halving odd sizes).
         sx, sy = nw / cover[0], nh / cover[1]
         return [
-            self._decode(heatmap[b, 0], scale[b], offset[b], landmarks[b], sx, sy, width, height)
+            self._finish(*self._peaks(*(m[b] for m in maps)), sx, sy, width, height)
             for b in range(len(images))
         ]
 
-    def _decode(
+    def detect_around(
+        self, image: np.ndarray, boxes: np.ndarray, *, margin: float, max_share: float = 0.6
+    ) -> tuple[Detections, bool]:
+        """Find the faces of one frame near ``boxes`` only (see :mod:`.regions`).
+
+        Args:
+            image: (H, W, 3) uint8 RGB frame.
+            boxes: (N, 4) boxes in frame pixels where faces are expected.
+            margin: How far around each box to look, in box sizes on each side.
+            max_share: When the tiles would cover this share of the frame or more, the whole
+                frame is searched instead.
+
+        Returns:
+            The faces found, as :meth:`detect` returns them, and whether the whole frame was
+            searched.
+        """
+        from agr_batch.stages.detect.regions import tiles_around
+
+        check_image(image, 0)
+        height, width = image.shape[:2]
+        if height == 0 or width == 0:
+            return Detections.empty(), True
+        nh, nw = self.working_size(height, width)
+        ph, pw = math.ceil(nh / _ALIGN) * _ALIGN, math.ceil(nw / _ALIGN) * _ALIGN
+        resized, cover = _resize(image, nw, nh)
+        sx, sy = nw / cover[0], nh / cover[1]
+        scaled = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+        tiles = tiles_around(scaled, margin, pw, ph)
+        if not tiles:
+            return Detections.empty(), False
+        whole = len(tiles) * (tiles[0][2] - tiles[0][0]) * (tiles[0][3] - tiles[0][1])
+        if whole >= max_share * pw * ph:
+            tiles = [(0, 0, pw, ph)]
+        th, tw = tiles[0][3] - tiles[0][1], tiles[0][2] - tiles[0][0]
+        blob = np.zeros((len(tiles), 3, th, tw), np.float32)
+        for b, (x0, y0, x1, y1) in enumerate(tiles):
+            crop = resized[y0:y1, x0:x1]  # smaller at the bottom and right: zero-padded
+            blob[b, :, : crop.shape[0], : crop.shape[1]] = crop.transpose(2, 0, 1)
+        maps = self._session.run(list(_OUTPUTS), {_INPUT: blob})
+        found = [self._peaks(*(m[b] for m in maps), origin=t[:2]) for b, t in enumerate(tiles)]
+        merged = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        searched_whole = tiles == [(0, 0, pw, ph)]
+        return self._finish(*merged, sx, sy, width, height), searched_whole
+
+    def _peaks(
         self,
         heatmap: np.ndarray,
         scale: np.ndarray,
         offset: np.ndarray,
         landmarks: np.ndarray,
+        *,
+        origin: tuple[int, int] = (0, 0),
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Heatmap peaks of one input to (boxes, scores, landmarks) in network pixels.
+
+        ``origin`` is where the input's top-left corner lies in the whole network input
+        (a tile's corner).
+        """
+        ys, xs = np.nonzero(heatmap[0] > self.score_threshold)
+        scores = heatmap[0, ys, xs]
+        box_h = np.exp(scale[0, ys, xs]) * _STRIDE
+        box_w = np.exp(scale[1, ys, xs]) * _STRIDE
+        x1 = (xs + offset[1, ys, xs] + 0.5) * _STRIDE - box_w / 2 + origin[0]
+        y1 = (ys + offset[0, ys, xs] + 0.5) * _STRIDE - box_h / 2 + origin[1]
+        boxes = np.stack([x1, y1, x1 + box_w, y1 + box_h], axis=1).reshape(-1, 4)
+        pts = landmarks[:, ys, xs].reshape(5, 2, -1)  # (point, (y, x), face)
+        lm = np.stack([pts[:, 1] * box_w + x1, pts[:, 0] * box_h + y1], axis=-1)  # (5, N, 2)
+        return boxes, scores, lm.transpose(1, 0, 2).reshape(-1, 5, 2)
+
+    def _finish(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        lm: np.ndarray,
         sx: float,
         sy: float,
         width: int,
         height: int,
     ) -> Detections:
-        """Heatmap peaks to boxes and landmarks in original frame pixels."""
-        ys, xs = np.nonzero(heatmap > self.score_threshold)
-        if ys.size == 0:
+        """Peaks in network pixels to frame pixels, clipped, suppressed and size-filtered."""
+        if len(boxes) == 0:
             return Detections.empty()
-        scores = heatmap[ys, xs]
-        box_h = np.exp(scale[0, ys, xs]) * _STRIDE
-        box_w = np.exp(scale[1, ys, xs]) * _STRIDE
-        x1 = (xs + offset[1, ys, xs] + 0.5) * _STRIDE - box_w / 2
-        y1 = (ys + offset[0, ys, xs] + 0.5) * _STRIDE - box_h / 2
-        boxes = np.stack([x1, y1, x1 + box_w, y1 + box_h], axis=1)
-        pts = landmarks[:, ys, xs].reshape(5, 2, -1)  # (point, (y, x), face)
-        lm = np.stack([pts[:, 1] * box_w + x1, pts[:, 0] * box_h + y1], axis=-1)  # (5, N, 2)
-        lm = lm.transpose(1, 0, 2)
         # Back to frame pixels, then clip the boxes (landmarks may lie outside the frame).
         boxes = boxes / np.array([sx, sy, sx, sy], np.float32)
         lm = lm / np.array([sx, sy], np.float32)

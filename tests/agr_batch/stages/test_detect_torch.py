@@ -70,7 +70,8 @@ def test_converted_network_equals_onnxruntime_on_the_same_input(ort_detector, to
             np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-4, err_msg=name)
         sx, sy = nw / cover[0], nh / cover[1]
         heat, scale, offset, landmarks = (m[0] for m in ort_maps)
-        want = ort_detector._decode(heat[0], scale, offset, landmarks, sx, sy, w, h)
+        peaks = ort_detector._peaks(heat, scale, offset, landmarks)
+        want = ort_detector._finish(*peaks, sx, sy, w, h)
         got = torch_detector._decode(
             maps,
             torch.tensor([sx]),
