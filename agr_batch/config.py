@@ -93,6 +93,10 @@ class DetectorConfig:
             ``onnxruntime-int8``, ``openvino``, ``openvino-bf16``, or an engine backend
             (``eager``, ``channels_last``, ``compiled``, ``inductor``, ``tensorrt``) in PyTorch.
         threads: Detector threads (None: every core this process may use).
+        redetect_s: In videos, search whole frames at least this often (seconds of video)
+            and, in between, only around the faces being tracked; 0 searches every frame
+            whole. Faces that appear are found at the next whole-frame search. Detectors
+            without tile search (``scrfd``, the PyTorch ones) always search whole frames.
     """
 
     name: str = "centerface"
@@ -102,8 +106,13 @@ class DetectorConfig:
     model_path: str | None = None
     backend: str = "auto"
     threads: int | None = None
+    redetect_s: float = 1.0
 
     def __post_init__(self) -> None:
+        check_number(
+            "--redetect-every (0 = every frame)", self.redetect_s, low=0.0,
+            high=limits.MAX_GAP_S, unit="seconds",
+        )  # fmt: skip
         check_number("--det-threshold", self.score_threshold, low=0.0, high=1.0, low_open=True)
         if self.score_threshold == 1.0:
             raise ValueError("--det-threshold must be < 1 (no detection scores 1 or more)")

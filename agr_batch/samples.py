@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +70,7 @@ def write_scene_video(
     sway_px: float = 120.0,
     gop: int | None = 60,
     crf: int = 23,
+    visits: Sequence[tuple[float, float]] | None = None,
 ) -> SceneVideo:
     """Write an H.264 video of a bundled photo swaying slowly (its faces stay in view).
 
@@ -82,6 +84,8 @@ def write_scene_video(
         sway_px: Amplitude of the horizontal sway, pixels.
         gop: Keyframe interval in frames (None: encoder default).
         crf: x264 quality.
+        visits: When given, the photo is in view only during these (start, end) seconds
+            (people arriving and leaving); the empty canvas is shown otherwise.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,11 @@ def write_scene_video(
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         for i in range(n):
-            img = scene_frame(src, i / fps, size=size, height_frac=height_frac, sway_px=sway_px)
+            t = i / fps
+            if visits is None or any(a <= t < b for a, b in visits):
+                img = scene_frame(src, t, size=size, height_frac=height_frac, sway_px=sway_px)
+            else:
+                img = np.full((size[1], size[0], 3), 96, np.uint8)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts = i
             frame.time_base = 1 / rate

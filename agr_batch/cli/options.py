@@ -94,6 +94,14 @@ _PROCESSING_OPTIONS = [
     click.option(
         "--det-size", default=640, show_default=True, help="Detector resolution (longest side)."
     ),
+    click.option(
+        "--redetect-every",
+        "redetect_s",
+        default=1.0,
+        show_default=True,
+        help="In videos, search whole frames for new faces this often (seconds of video); "
+        "in between only around the faces being tracked. 0 = every sampled frame.",
+    ),
     click.option("--batch-size", default=64, show_default=True, help="Faces per classifier call."),
     click.option(
         "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
@@ -219,6 +227,7 @@ def processing_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
             max_side=opts["det_size"],
             model_path=opts["detector_model"],
             backend=opts["detector_backend"],
+            redetect_s=opts["redetect_s"],
         ),
         "batch_size": opts["batch_size"],
         "device": opts["device"],

@@ -27,6 +27,7 @@ from agr_batch.pipeline import StageTimes
 from agr_batch.records import Detections, Frame
 from agr_batch.stages.align import align_faces
 from agr_batch.stages.detect import Detector
+from agr_batch.stages.detect.regions import RegionPlanner, RegionPolicy
 from agr_batch.stages.preprocess import PreprocessSpec
 from agr_batch.stages.track import Tracker, TrackerConfig
 
@@ -83,6 +84,9 @@ class FaceStep:
         spec: The classifier's preprocessing (chip size and alignment).
         tracker_config: Tracker thresholds; a new tracker starts with each source.
         times: Where the seconds spent detecting, aligning and tracking are added.
+        regions: When a video's frames are searched whole and, in between, only around the
+            tracked faces (:mod:`agr_batch.stages.detect.regions`); None searches every
+            frame whole. Used with detectors that can search tiles (CenterFace on the host).
     """
 
     def __init__(
@@ -92,12 +96,17 @@ class FaceStep:
         tracker_config: TrackerConfig,
         *,
         times: StageTimes | None = None,
+        regions: RegionPolicy | None = None,
     ) -> None:
         self.detector = detector
         self.spec = spec
         self.tracker_config = tracker_config
         self.times = times
         self.tracker = Tracker(tracker_config)
+        self.regions = regions if regions is not None and regions.enabled else None
+        self._planner = RegionPlanner(self.regions) if self.regions is not None else None
+        self.whole_frames = 0  # frames searched whole, and frames searched in tiles
+        self.tiled_frames = 0
         # Detectors that run on a torch device detect and align whole batches there.
         self._device_stage: Any = None
         if hasattr(detector, "detect_tensors"):
@@ -128,6 +137,8 @@ class FaceStep:
     def start_source(self) -> None:
         """Forget the previous source's tracks (ids start again at 0)."""
         self.tracker = Tracker(self.tracker_config)
+        if self.regions is not None:
+            self._planner = RegionPlanner(self.regions)
 
     def end_source(self) -> tuple[int, ...]:
         """End every track still open: the source has no more frames."""
@@ -148,6 +159,9 @@ class FaceStep:
         """
         if not frames:
             return []
+        if len(frames) > 1 and self._tiles_possible:
+            # Where to look in a frame depends on the tracks after the frame before.
+            return [face for frame in frames for face in self.step_batch([frame])]
         t0 = time.perf_counter()
         quality: list[np.ndarray | None]
         if self._device_stage is not None:
@@ -158,7 +172,7 @@ class FaceStep:
             quality = [qualities(f.detections, f.sharpness, chip_side=side) for f in found_faces]
             t1 = t2 = time.perf_counter()
         else:
-            found = self.detector.detect([f.image for f in frames])
+            found = self._detect_host(frames)
             t1 = time.perf_counter()
             chips = [
                 align_faces(f.image, d.landmarks, self.spec)
@@ -190,6 +204,32 @@ class FaceStep:
             self.times.align += t2 - t1
             self.times.track += time.perf_counter() - t2
         return out
+
+    @property
+    def _tiles_possible(self) -> bool:
+        return self._planner is not None and hasattr(self.detector, "detect_around")
+
+    def _detect_host(self, frames: Sequence[Frame]) -> list[Detections]:
+        if not self._tiles_possible:
+            self.whole_frames += len(frames)
+            return self.detector.detect([f.image for f in frames])
+        assert self._planner is not None and self.regions is not None
+        (frame,) = frames
+        if self._planner.whole(frame.time_s):
+            dets, whole = self.detector.detect([frame.image])[0], True
+        else:
+            dets, whole = self.detector.detect_around(  # type: ignore[attr-defined]
+                frame.image,
+                self.tracker.predicted_boxes(frame.time_s),
+                margin=self.regions.margin,
+                max_share=self.regions.max_share,
+            )
+        if whole:
+            self._planner.searched_whole(frame.time_s)
+            self.whole_frames += 1
+        else:
+            self.tiled_frames += 1
+        return [dets]
 
 
 def qualities(dets: Detections, sharpness: np.ndarray, *, chip_side: int) -> np.ndarray:

@@ -88,12 +88,19 @@ class LocalPipeline(Pipeline):
         from agr_batch.pipeline.assemble import SourceAssembler
         from agr_batch.pipeline.faces import FaceStep
         from agr_batch.stages.detect.base import default_threads
+        from agr_batch.stages.detect.regions import RegionPolicy
 
         loaded = self._load()
         config = self.config
         times = StageTimes()
         stop = threading.Event()
-        step = FaceStep(loaded.detector, loaded.spec, config.tracker, times=times)
+        step = FaceStep(
+            loaded.detector,
+            loaded.spec,
+            config.tracker,
+            times=times,
+            regions=RegionPolicy(redetect_s=config.detector.redetect_s),
+        )
         # A batched (GPU) detector needs a batch's worth of frames queued ahead of it.
         q_frames: queue.Queue[Any] = queue.Queue(
             maxsize=max(config.queue_size, 2 * step.batch_size)

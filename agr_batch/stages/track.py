@@ -118,6 +118,12 @@ class Tracker:
         """Ids of the tracks still open."""
         return [t.track_id for t in self._tracks]
 
+    def predicted_boxes(self, time_s: float) -> np.ndarray:
+        """(N, 4) boxes of the open tracks, moved by their velocity to ``time_s``."""
+        if not self._tracks:
+            return np.zeros((0, 4))
+        return np.stack([t.predict(time_s) for t in self._tracks])
+
     def update(self, boxes: np.ndarray, scores: np.ndarray, time_s: float) -> np.ndarray:
         """Associate one frame's detections; returns (N,) int64 track ids.
 
