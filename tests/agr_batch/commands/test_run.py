@@ -89,6 +89,7 @@ def test_stats_invariant_windows_and_metadata(scene_run, tiny_checkpoint):
     assert meta["checkpoint_sha256"] == sha256_file(tiny_checkpoint)
     assert meta["arch"] == "tiny"
     assert meta["detector"]["name"] == "centerface" and meta["detector"]["score_threshold"] == 0.5
+    assert meta["detector"]["redetect_s"] == 1.0
     assert meta["sample_fps"] == 2.0 and meta["window_s"] == 2.0
     assert meta["tool"] == "agr-batch" and meta["backend_resolved"] == "eager"
     assert read_metadata(config.faces_out) == meta
@@ -274,6 +275,13 @@ def test_usage_errors_exit_2(tmp_path, tiny_checkpoint):
         "yolo",
     )
     assert unknown.exit_code == 2 and "unknown detector 'yolo'" in unknown.stderr
+    for bad in ("nan", "-1", "inf"):
+        redetect = _run_cli(
+            img, "--out", str(tmp_path / "o.parquet"), "--model", str(tiny_checkpoint),
+            "--redetect-every", bad,
+        )  # fmt: skip
+        assert redetect.exit_code == 2, bad
+        assert "--redetect-every" in redetect.stderr and redetect.stderr.count("\n") == 1
     assert not Path(tmp_path / "o.parquet").exists()
 
 
