@@ -335,7 +335,9 @@ class CenterFace:
         for b, (x0, y0, x1, y1) in enumerate(tiles):
             crop = resized[y0:y1, x0:x1]  # smaller at the bottom and right: zero-padded
             blob[b, :, : crop.shape[0], : crop.shape[1]] = crop.transpose(2, 0, 1)
-        maps = self._session.run(list(_OUTPUTS), {_INPUT: blob})
+        # OpenVINO compiles a network per frequent shape; tile shapes change too often.
+        run = getattr(self._session, "run_any_shape", self._session.run)
+        maps = run(list(_OUTPUTS), {_INPUT: blob})
         found = [self._peaks(*(m[b] for m in maps), origin=t[:2]) for b, t in enumerate(tiles)]
         merged = (np.concatenate(parts) for parts in zip(*found, strict=True))
         searched_whole = tiles == [(0, 0, pw, ph)]
