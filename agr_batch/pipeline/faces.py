@@ -215,7 +215,7 @@ class FaceStep:
             return self.detector.detect([f.image for f in frames])
         assert self._planner is not None and self.regions is not None
         (frame,) = frames
-        if self._planner.whole(frame.time_s):
+        if self._planner.whole(frame.time_s, frame.image.shape):
             dets, whole = self.detector.detect([frame.image])[0], True
         else:
             dets, whole = self.detector.detect_around(  # type: ignore[attr-defined]

@@ -16,8 +16,8 @@ of a frame share one size, rounded up to 64 pixels, so the network sees few dist
 
 What it costs: a face that appears between two whole-frame passes is found at the next one,
 up to ``redetect_s`` later, and someone in view for less than that may be missed. Sparse
-samples (more than :attr:`RegionPolicy.max_step_s` apart, e.g. keyframes) are always
-searched whole.
+samples (more than :attr:`RegionPolicy.max_step_s` apart, e.g. keyframes), frames whose size
+differs from the frame before and frames without a time are always searched whole.
 """
 
 from __future__ import annotations
@@ -78,13 +78,23 @@ class RegionPlanner:
         self.policy = policy
         self._last_whole: float | None = None
         self._last_time: float | None = None
+        self._last_size: tuple[int, ...] = ()
 
-    def whole(self, time_s: float) -> bool:
-        """Whether the frame at ``time_s`` must be searched whole (call once per frame)."""
+    def whole(self, time_s: float, size: tuple[int, ...] = ()) -> bool:
+        """Whether the frame at ``time_s`` must be searched whole (call once per frame).
+
+        Args:
+            time_s: The frame's time.
+            size: The frame's shape: when it changes mid-stream, the tracked boxes no longer
+                say where to look.
+        """
         p = self.policy
         previous, self._last_time = self._last_time, time_s
+        resized, self._last_size = size != self._last_size, size
         return (
             not p.enabled
+            or resized
+            or not math.isfinite(time_s)  # no schedule without times: search everything
             or self._last_whole is None
             or previous is None
             or time_s - self._last_whole >= p.redetect_s

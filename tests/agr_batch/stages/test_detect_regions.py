@@ -72,6 +72,30 @@ def test_the_schedule_searches_whole_at_the_start_every_interval_and_after_a_jum
     # 0: first frame; 1.0, 2.0: the interval; 5.0: 2.5 s after the frame before; 3.0: back
     # in time.
     assert decisions == [True, False, True, False, True, False, True, False, True]
+    assert planner.whole(math.nan)  # no time, no schedule
+
+
+def test_odd_frames_sizes_and_times_keep_finding_the_faces(centerface):
+    from agr_batch.records import Frame
+    from agr_batch.samples import photo, scene_frame
+
+    picture = photo()
+
+    def frame(i, t, size):
+        image = scene_frame(picture, t, size=size, height_frac=0.6, sway_px=size[0] / 10)
+        return Frame("odd", i, t, image)
+
+    step = FaceStep(centerface, SPEC, TrackerConfig(), regions=RegionPolicy(redetect_s=1.0))
+    # The size changes mid-stream, then time jumps far ahead and runs backwards.
+    wide, big, tall = (960, 540), (1920, 1080), (540, 960)
+    plan = [(0.0, wide), (0.5, wide), (0.8, big), (1.1, big), (1.4, tall), (1e300, tall),
+            (3.0, tall), (2.5, tall)]  # fmt: skip
+    counts = [len(step.step(frame(i, t, size))) for i, (t, size) in enumerate(plan)]
+    assert counts == [6] * len(plan)
+    # Tiles at 0.5 and 1.1 s only: new sizes, the jump and going back are searched whole.
+    assert (step.whole_frames, step.tiled_frames) == (6, 2)
+    tiny = step.step(Frame("odd", 9, 3.2, np.zeros((1, 1, 3), np.uint8)))
+    assert len(tiny) == 0
 
 
 def test_a_tile_pass_that_became_whole_resets_the_interval():
