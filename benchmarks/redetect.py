@@ -6,7 +6,7 @@ that appears is found at the next whole-frame search. Two kinds of video, all in
 * the 60 s scene videos of ``cpu_levers.py`` (1080p and 720p, six people always in view):
   wall time, CPU time, faces and visitors for each setting;
 * a 60 s 720p video of *visits*: the six people come into view for 0.8, 1.5, 3 and 6 s at a
-  time (16 visits, 96 visitor arrivals) with 4 s of empty frames between, so the cost of
+  time (9 visits, 54 visitor arrivals) with 4 s of empty frames between, so the cost of
   finding new faces late shows: faces and visitors against searching every frame whole.
 
     .venv/bin/python benchmarks/redetect.py [--settings 0,0.5,1,2] [--repeat 2]
