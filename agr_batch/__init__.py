@@ -15,7 +15,8 @@ Command line: ``agr-batch run | scan | report | status | info | compile | bench`
   pipeline); the face step, voting and completion, stitching, and
   :mod:`~agr_batch.pipeline.sink` (results → tables);
 * :mod:`agr_batch.stages` — the chain itself, in order: :mod:`~agr_batch.stages.decode`
-  (find inputs, decode frames) → :mod:`~agr_batch.stages.detect` →
+  (find inputs, decode frames) → :mod:`~agr_batch.stages.detect` (whole frames, or tiles
+  around tracked faces: :mod:`~agr_batch.stages.detect.regions`) →
   :mod:`~agr_batch.stages.align` → :mod:`~agr_batch.stages.track` →
   :mod:`~agr_batch.stages.vote` → :mod:`~agr_batch.stages.classify` →
   :mod:`~agr_batch.stages.aggregate`;

