@@ -7,6 +7,7 @@ Every stage takes and returns these frozen dataclasses; shapes are checked in
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,9 @@ class Frame:
             _check("Frame.image", self.image, (None, None, 3), np.uint8)
         if self.frame_index < 0:
             raise ValueError(f"Frame.frame_index: expected >= 0, got {self.frame_index}")
+        if not math.isfinite(self.time_s):
+            # The tracker and the whole-frame schedule order frames by time.
+            raise ValueError(f"Frame.time_s: expected a finite number, got {self.time_s}")
         if self.start_time is not None and self.start_time.tzinfo is None:
             raise ValueError("Frame.start_time: expected a timezone-aware datetime")
 
