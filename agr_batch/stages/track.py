@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agr_batch.config import TrackerConfig
+from agr_batch.stages.detect.base import iou_matrix
+
+__all__ = ["Tracker", "TrackerConfig", "iou_matrix", "similarity"]
 
 
 @dataclass
@@ -40,20 +43,6 @@ class _Track:
 
     def predict(self, t: float) -> np.ndarray:
         return self.box + self.velocity * (t - self.last_time)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def similarity(tracks: np.ndarray, dets: np.ndarray, center_gate: float | np.ndarray) -> np.ndarray:

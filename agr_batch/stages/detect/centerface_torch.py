@@ -232,7 +232,7 @@ class CenterFaceTorch:
     def _decode(
         self, maps: Any, sx: torch.Tensor, sy: torch.Tensor, sizes: torch.Tensor, n: int
     ) -> list[Detections]:
-        from torchvision.ops import batched_nms
+        from torchvision.ops import batched_nms, box_iou
 
         heat = maps.heatmap[:, 0]
         b, ys, xs = torch.nonzero(heat > self.score_threshold, as_tuple=True)
@@ -252,27 +252,39 @@ class CenterFaceTorch:
             dim=-1,
         )
         fx, fy = sx[b], sy[b]
-        boxes = torch.stack([x1 / fx, y1 / fy, (x1 + box_w) / fx, (y1 + box_h) / fy], dim=1)
+        raw = torch.stack([x1 / fx, y1 / fy, (x1 + box_w) / fx, (y1 + box_h) / fy], dim=1)
         lm = lm / torch.stack([fx, fy], dim=1)[:, None, :]
-        w, h = sizes[b, 0], sizes[b, 1]
-        boxes = torch.stack(
-            [
-                boxes[:, 0].clamp(min=0).minimum(w),
-                boxes[:, 1].clamp(min=0).minimum(h),
-                boxes[:, 2].clamp(min=0).minimum(w),
-                boxes[:, 3].clamp(min=0).minimum(h),
-            ],
-            dim=1,
-        )
+        boxes = _clamp(raw, sizes[b])
         keep = batched_nms(boxes, scores, b, self.nms_iou)
+        # Box voting, as the host detector does (CenterFace._finish): each peak votes with its
+        # score for the kept face of its frame that it overlaps most.
+        iou = box_iou(boxes[keep].float(), boxes.float())
+        iou = iou.masked_fill(b[keep][:, None] != b[None, :], -1.0)
+        best, owner = iou.max(dim=0)
+        weight = torch.where(best >= self.nms_iou, scores.float(), 0.0)
+        k = len(keep)
+        total = weight.new_zeros(k).index_add_(0, owner, weight)
+        voted = weight.new_zeros(k, 4).index_add_(0, owner, raw.float() * weight[:, None])
+        votes_lm = lm.float() * weight[:, None, None]
+        voted_lm = weight.new_zeros(k, 5, 2).index_add_(0, owner, votes_lm)
+        frames = b[keep]
+        voted = _clamp(voted / total[:, None], sizes[frames])
+        voted_lm = voted_lm / total[:, None, None]
+        kept_scores = scores[keep]
         if self.min_face_size > 0:
-            side = torch.minimum(boxes[keep, 2] - boxes[keep, 0], boxes[keep, 3] - boxes[keep, 1])
-            keep = keep[side >= self.min_face_size]
+            side = torch.minimum(voted[:, 2] - voted[:, 0], voted[:, 3] - voted[:, 1])
+            big = side >= self.min_face_size
+            frames, voted, voted_lm, kept_scores = (
+                frames[big],
+                voted[big],
+                voted_lm[big],
+                kept_scores[big],
+            )
         # One copy back to the host per batch: only the kept faces.
-        frame_of = b[keep].cpu().numpy()
-        boxes_np = boxes[keep].float().cpu().numpy()
-        scores_np = scores[keep].float().cpu().numpy()
-        lm_np = lm[keep].float().cpu().numpy()
+        frame_of = frames.cpu().numpy()
+        boxes_np = voted.cpu().numpy()
+        scores_np = kept_scores.float().cpu().numpy()
+        lm_np = voted_lm.cpu().numpy()
         out = []
         for i in range(n):
             sel = np.nonzero(frame_of == i)[0]  # batched_nms keeps score order within a frame
@@ -284,3 +296,17 @@ class CenterFaceTorch:
                 )
             )
         return out
+
+
+def _clamp(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """(N, 4) boxes clipped to their frames' (N, 2) (width, height)."""
+    w, h = sizes[:, 0], sizes[:, 1]
+    return torch.stack(
+        [
+            boxes[:, 0].clamp(min=0).minimum(w),
+            boxes[:, 1].clamp(min=0).minimum(h),
+            boxes[:, 2].clamp(min=0).minimum(w),
+            boxes[:, 3].clamp(min=0).minimum(h),
+        ],
+        dim=1,
+    )

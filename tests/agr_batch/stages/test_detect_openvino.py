@@ -55,32 +55,32 @@ def _compare(want_all, got_all) -> tuple[int, int, int, np.ndarray, np.ndarray, 
     return found, matched, extra, np.array(errors), np.array(relative), score_diff
 
 
-def test_bf16_finds_the_fp32_faces_with_landmarks_within_a_pixel(detectors, scene_video):
+def test_bf16_finds_the_fp32_faces_with_landmarks_within_a_pixel_and_a_half(detectors, scene_video):
     fp32, bf16, _ = detectors
     images = _video_frames(scene_video)
     found, matched, extra, errors, relative, score_diff = _compare(
         [fp32.detect([i])[0] for i in images], [bf16.detect([i])[0] for i in images]
     )
     assert found >= 60 and matched == found and extra == 0
-    # Measured: median 0.2 px, 95th percentile 0.3 px on faces 34-62 px wide.
+    # Measured: median 0.15 px, 95th percentile 0.25 px, worst 0.46 px on faces 34-62 px
+    # wide. (Without box voting one face moved 3.9 px: its heatmap peak, a near-tie of two
+    # neighbouring cells, 0.665 vs 0.669, moved one cell.)
     assert float(np.median(errors)) <= 0.5 and float(np.percentile(errors, 95)) <= 1.0
-    # One face in 79 moves 3.9 px (10 % of its width): its heatmap peak, a near-tie of two
-    # neighbouring cells (0.665 vs 0.669), moves one cell; fp32 runtimes can differ so too.
-    assert relative.max() <= 0.12
+    assert errors.max() <= 1.5 and relative.max() <= 0.04
     assert score_diff <= 0.01
 
 
 def test_bf16_on_photos_and_close_ups_stays_within_a_few_percent_of_the_face(detectors):
     fp32, bf16, _ = detectors
     t1 = media.load_rgb("t1.jpg")
-    # The 112 px close-up is blown up 5.7x to 640 px: its worst landmark moves 2.5 px
-    # (3 % of the face); on video-sized faces they stay within 1.5 px (the test above).
+    # The 112 px close-up is blown up 5.7x to 640 px; with box voting its worst landmark
+    # moves 0.6 px (without, 2.5 px).
     images = [t1, cv2.resize(t1, None, fx=0.5, fy=0.5), media.load_rgb("Tom_Hanks_54745.png")]
-    found, matched, extra, _, relative, _ = _compare(
+    found, matched, extra, errors, relative, _ = _compare(
         [fp32.detect([i])[0] for i in images], [bf16.detect([i])[0] for i in images]
     )
     assert found >= 12 and matched == found and extra == 0
-    assert relative.max() <= 0.04
+    assert errors.max() <= 1.5 and relative.max() <= 0.02
 
 
 def test_fp32_on_openvino_equals_onnxruntime(detectors, scene_video):
