@@ -103,8 +103,9 @@ class FaceStep:
         self.tracker_config = tracker_config
         self.times = times
         self.tracker = Tracker(tracker_config)
-        self.regions = regions if regions is not None and regions.enabled else None
-        self._planner = RegionPlanner(self.regions) if self.regions is not None else None
+        # Tiles need a detector that can search them; the others search every frame whole.
+        tiled = regions is not None and regions.enabled and hasattr(detector, "detect_around")
+        self._planner = RegionPlanner(regions) if tiled and regions is not None else None
         self.whole_frames = 0  # frames searched whole, and frames searched in tiles
         self.tiled_frames = 0
         # Detectors that run on a torch device detect and align whole batches there.
@@ -137,8 +138,8 @@ class FaceStep:
     def start_source(self) -> None:
         """Forget the previous source's tracks (ids start again at 0)."""
         self.tracker = Tracker(self.tracker_config)
-        if self.regions is not None:
-            self._planner = RegionPlanner(self.regions)
+        if self._planner is not None:
+            self._planner = RegionPlanner(self._planner.policy)
 
     def end_source(self) -> tuple[int, ...]:
         """End every track still open: the source has no more frames."""
@@ -159,7 +160,7 @@ class FaceStep:
         """
         if not frames:
             return []
-        if len(frames) > 1 and self._tiles_possible:
+        if len(frames) > 1 and self._planner is not None:
             # Where to look in a frame depends on the tracks after the frame before.
             return [face for frame in frames for face in self.step_batch([frame])]
         t0 = time.perf_counter()
@@ -205,27 +206,23 @@ class FaceStep:
             self.times.track += time.perf_counter() - t2
         return out
 
-    @property
-    def _tiles_possible(self) -> bool:
-        return self._planner is not None and hasattr(self.detector, "detect_around")
-
     def _detect_host(self, frames: Sequence[Frame]) -> list[Detections]:
-        if not self._tiles_possible:
+        planner = self._planner
+        if planner is None:
             self.whole_frames += len(frames)
             return self.detector.detect([f.image for f in frames])
-        assert self._planner is not None and self.regions is not None
         (frame,) = frames
-        if self._planner.whole(frame.time_s, frame.image.shape):
+        if planner.whole(frame.time_s, frame.image.shape):
             dets, whole = self.detector.detect([frame.image])[0], True
         else:
             dets, whole = self.detector.detect_around(  # type: ignore[attr-defined]
                 frame.image,
                 self.tracker.predicted_boxes(frame.time_s),
-                margin=self.regions.margin,
-                max_share=self.regions.max_share,
+                margin=planner.policy.margin,
+                max_share=planner.policy.max_share,
             )
         if whole:
-            self._planner.searched_whole(frame.time_s)
+            planner.searched_whole(frame.time_s)
             self.whole_frames += 1
         else:
             self.tiled_frames += 1
