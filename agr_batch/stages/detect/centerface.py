@@ -282,8 +282,7 @@ class CenterFace:
         height, width = images[0].shape[:2]
         if height == 0 or width == 0:
             return [Detections.empty() for _ in images]
-        nh, nw = self.working_size(height, width)
-        ph, pw = math.ceil(nh / _ALIGN) * _ALIGN, math.ceil(nw / _ALIGN) * _ALIGN
+        nh, nw, ph, pw = self._input_size(height, width)
         blob = np.zeros((len(images), 3, ph, pw), np.float32)  # zero padding right and bottom
         cover = (width, height)
         for b, image in enumerate(images):
@@ -320,18 +319,16 @@ class CenterFace:
         height, width = image.shape[:2]
         if height == 0 or width == 0:
             return Detections.empty(), True
-        nh, nw = self.working_size(height, width)
-        ph, pw = math.ceil(nh / _ALIGN) * _ALIGN, math.ceil(nw / _ALIGN) * _ALIGN
+        nh, nw, ph, pw = self._input_size(height, width)
         resized, cover = _resize(image, nw, nh)
         sx, sy = nw / cover[0], nh / cover[1]
         scaled = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
         tiles = tiles_around(scaled, margin, pw, ph)
         if not tiles:
             return Detections.empty(), False
-        whole = len(tiles) * (tiles[0][2] - tiles[0][0]) * (tiles[0][3] - tiles[0][1])
-        if whole >= max_share * pw * ph:
-            tiles = [(0, 0, pw, ph)]
         th, tw = tiles[0][3] - tiles[0][1], tiles[0][2] - tiles[0][0]
+        if len(tiles) * th * tw >= max_share * pw * ph:
+            return self._detect_same_size([image])[0], True
         blob = np.zeros((len(tiles), 3, th, tw), np.float32)
         for b, (x0, y0, x1, y1) in enumerate(tiles):
             crop = resized[y0:y1, x0:x1]  # smaller at the bottom and right: zero-padded
@@ -341,8 +338,12 @@ class CenterFace:
         maps = run(list(_OUTPUTS), {_INPUT: blob})
         found = [self._peaks(*(m[b] for m in maps), origin=t[:2]) for b, t in enumerate(tiles)]
         merged = (np.concatenate(parts) for parts in zip(*found, strict=True))
-        searched_whole = tiles == [(0, 0, pw, ph)]
-        return self._finish(*merged, sx, sy, width, height), searched_whole
+        return self._finish(*merged, sx, sy, width, height), False
+
+    def _input_size(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(H, W) of the resized frame and (H, W) of the network input it is padded to."""
+        nh, nw = self.working_size(height, width)
+        return nh, nw, math.ceil(nh / _ALIGN) * _ALIGN, math.ceil(nw / _ALIGN) * _ALIGN
 
     def _peaks(
         self,
@@ -396,18 +397,12 @@ class CenterFace:
         keep = nms(clipped, scores, self.nms_iou)
         # Every peak votes for the kept face it overlaps most (each kept face for itself).
         iou = iou_matrix(clipped[keep], clipped)
-        owner = iou.argmax(axis=0)
-        weight = np.where(iou.max(axis=0) >= self.nms_iou, scores, 0.0).astype(np.float64)
-        total = np.bincount(owner, weight, minlength=len(keep))
-        voted_boxes = np.stack(
-            [np.bincount(owner, weight * boxes[:, i], minlength=len(keep)) for i in range(4)], 1
-        )
-        flat = lm.reshape(len(lm), -1)
-        voted_lm = np.stack(
-            [np.bincount(owner, weight * flat[:, i], minlength=len(keep)) for i in range(10)], 1
-        )
-        boxes = clip_boxes(voted_boxes / total[:, None], width, height)
-        lm = (voted_lm / total[:, None]).reshape(-1, 5, 2)
+        votes = np.zeros(iou.shape)  # (kept face, peak): the peak's score where it votes
+        peaks = np.arange(len(boxes))
+        votes[iou.argmax(axis=0), peaks] = np.where(iou.max(axis=0) >= self.nms_iou, scores, 0)
+        votes /= votes.sum(axis=1, keepdims=True)
+        boxes = clip_boxes(votes @ boxes, width, height)
+        lm = (votes @ lm.reshape(len(lm), -1)).reshape(-1, 5, 2)
         scores = scores[keep]
         if self.min_face_size > 0:
             side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
