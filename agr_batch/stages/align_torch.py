@@ -37,7 +37,6 @@ synchronisation (none at all with ``antialias=False``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -45,6 +44,15 @@ import torch
 import torch.nn.functional as F
 
 from agr_batch.stages.align import _ANTIALIAS_BELOW, template
+from agr_batch.stages.align_geometry import (
+    Region,
+    affine,
+    compose,
+    covered_region,
+    invert,
+    sampling_grid,
+    union,
+)
 from agr_batch.stages.preprocess import PreprocessSpec
 
 __all__ = [
@@ -166,9 +174,9 @@ def warp_faces(
         return torch.zeros((0, 3, *size), dtype=torch.float32, device=device)
     index = _frame_index(frame_index, n, batch.shape[0], lm.device)
     matrices, valid = chip_transforms(lm, spec)
-    inverse, scale = _invert(matrices)
+    inverse, scale = invert(matrices)
     frame_h, frame_w = int(batch.shape[2]), int(batch.shape[3])
-    region = _covered_region(inverse, scale, size, frame_w, frame_h)
+    region = covered_region(inverse, scale, size, frame_w, frame_h)
     if lm.device.type != "cpu" and not antialias:
         # Device landmarks and nothing to size: warp from the whole frames, no host sync.
         return _warp_direct(batch, inverse, valid, index, size, None)
@@ -188,7 +196,7 @@ def warp_faces(
     big_ids = big_h.nonzero()[:, 0]
     if len(direct_ids):
         ids = direct_ids.to(lm.device)
-        window = _union(plan[3:, direct_ids])
+        window = union(plan[3:, direct_ids])
         if len(direct_ids) == n:
             return _warp_direct(batch, inverse, valid, index, size, window)
         chips = _warp_direct(batch, inverse[ids], valid[ids], index[ids], size, window)
@@ -267,37 +275,6 @@ def align_faces_normalized(
 # Helpers
 
 
-@dataclass(frozen=True)
-class _Region:
-    """Per-face frame rectangle under the chip (integer-valued float64), as in align.py.
-
-    Attributes:
-        x0: Left column (inclusive).
-        y0: Top row (inclusive).
-        x1: Right column (exclusive).
-        y1: Bottom row (exclusive).
-    """
-
-    x0: torch.Tensor
-    y0: torch.Tensor
-    x1: torch.Tensor
-    y1: torch.Tensor
-
-    @property
-    def ok(self) -> torch.Tensor:
-        """Where align.py area-averages: at least 2 x 2 frame pixels under the chip."""
-        return (self.x1 - self.x0 >= 2) & (self.y1 - self.y0 >= 2)
-
-    @property
-    def nonempty(self) -> torch.Tensor:
-        """Where the chip covers any frame pixel (False for NaN transforms too)."""
-        return (self.x1 > self.x0) & (self.y1 > self.y0)
-
-    def select(self, ids: torch.Tensor) -> _Region:
-        """The rows ``ids``."""
-        return _Region(self.x0[ids], self.y0[ids], self.x1[ids], self.y1[ids])
-
-
 def _as_batch(frames: torch.Tensor, layout: Layout) -> torch.Tensor:
     """A (B, 3, H, W) uint8 view of one frame or a batch in either layout."""
     if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
@@ -342,112 +319,6 @@ def _frame_index(
     return index.to(device=device, dtype=torch.int64)
 
 
-def _invert(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chip-to-frame matrices (cv2.invertAffineTransform's formula) and each face's scale."""
-    a, b, c = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
-    d, e, f = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
-    det = a * e - b * d
-    scale = det.abs().sqrt()
-    inv_det = torch.where(det != 0, 1.0 / det, torch.zeros_like(det))
-    a11, a12, a21, a22 = e * inv_det, -b * inv_det, -d * inv_det, a * inv_det
-    b1 = -a11 * c - a12 * f
-    b2 = -a21 * c - a22 * f
-    inverse = torch.stack(
-        [torch.stack([a11, a12, b1], dim=-1), torch.stack([a21, a22, b2], dim=-1)], dim=1
-    )
-    return inverse, scale
-
-
-def _covered_region(
-    inverse: torch.Tensor, scale: torch.Tensor, size: tuple[int, int], frame_w: int, frame_h: int
-) -> _Region:
-    """Batched :func:`agr_batch.stages.align._covered_region`: the frame rectangle under each chip.
-
-    Every bilinear tap of every chip pixel lies inside it, so warping from a crop that holds
-    it gives the same chip as warping from the whole frame.
-    """
-    height, width = size
-    corners = torch.tensor(
-        [[-1, -1], [width, -1], [-1, height], [width, height]],
-        dtype=inverse.dtype,
-        device=inverse.device,
-    )
-    pts = corners @ inverse[:, :, :2].transpose(1, 2) + inverse[:, None, :, 2]
-    margin = 2.0 / scale
-    x0 = torch.floor(pts[..., 0].amin(dim=1) - margin).clamp(min=0)
-    y0 = torch.floor(pts[..., 1].amin(dim=1) - margin).clamp(min=0)
-    x1 = (torch.ceil(pts[..., 0].amax(dim=1) + margin) + 1).clamp(max=frame_w)
-    y1 = (torch.ceil(pts[..., 1].amax(dim=1) + margin) + 1).clamp(max=frame_h)
-    return _Region(x0, y0, x1, y1)
-
-
-def _union(rects: torch.Tensor) -> tuple[int, int, int, int]:
-    """The rectangle holding (4, K) host rectangles x0, y0, x1, y1."""
-    return (
-        int(rects[0].min()),
-        int(rects[1].min()),
-        int(rects[2].max()),
-        int(rects[3].max()),
-    )
-
-
-def _affine(
-    sx: torch.Tensor | float,
-    tx: torch.Tensor | float,
-    sy: torch.Tensor | float,
-    ty: torch.Tensor | float,
-    like: torch.Tensor,
-) -> torch.Tensor:
-    """(N, 3, 3) axis-aligned maps ``(x, y) -> (sx x + tx, sy y + ty)``, N = len(like)."""
-    out = torch.zeros((like.shape[0], 3, 3), dtype=like.dtype, device=like.device)
-    out[:, 0, 0], out[:, 0, 2] = sx, tx
-    out[:, 1, 1], out[:, 1, 2] = sy, ty
-    out[:, 2, 2] = 1.0
-    return out
-
-
-def _grid(
-    theta: torch.Tensor,
-    size: tuple[int, int],
-    device: torch.device,
-    *,
-    clamp_y: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """grid_sample's (N, H, W, 2) float32 grid for chip pixels mapped by ``theta``.
-
-    The grid ``affine_grid`` would give for the same map with ``align_corners=False``, built
-    as two broadcast sums (affine_grid's batched matrix product is several times slower on
-    the CPU).
-
-    Args:
-        theta: (N, 2, 3) float64 from chip pixels (centres at integer coordinates, as
-            cv2.warpAffine samples them) to the input's normalised coordinates.
-        size: Chip (H, W).
-        device: Where the grid goes.
-        clamp_y: Per-face (N,) bounds for the normalised y coordinate.
-    """
-    height, width = size
-    theta = theta.to(device=device, dtype=torch.float32)
-    us = torch.arange(width, dtype=torch.float32, device=device)
-    vs = torch.arange(height, dtype=torch.float32, device=device)
-    planes = []
-    for axis in range(2):
-        col = theta[:, axis, 0, None, None] * us[None, None, :]
-        row = theta[:, axis, 1, None, None] * vs[None, :, None] + theta[:, axis, 2, None, None]
-        planes.append(col + row)
-    if clamp_y is not None:
-        lo, hi = (b.to(device=device, dtype=torch.float32)[:, None, None] for b in clamp_y)
-        planes[1] = torch.clamp(planes[1], lo, hi)
-    return torch.stack(planes, dim=-1)
-
-
-def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """(N, 2, 3) affine ``outer ∘ inner`` of (N, 3, 3) ``outer`` and (N, 2, 3) ``inner``."""
-    return outer[:, :2, :2] @ inner + torch.cat(
-        [torch.zeros_like(inner[:, :, :2]), outer[:, :2, 2:]], dim=2
-    )
-
-
 def _warp_direct(
     batch: torch.Tensor,
     inverse: torch.Tensor,
@@ -478,14 +349,14 @@ def _warp_direct(
     top = index.to(inverse.dtype) * row  # the face's frame's first row in the tall image
     # Frame pixel -> crop pixel -> tall image -> normalised (align_corners=False:
     # pixel i of an n-pixel axis at (2 i + 1) / n - 1).
-    to_tall = _affine(
+    to_tall = affine(
         2.0 / crop_w,
         (1.0 - 2.0 * x0) / crop_w - 1.0,
         2.0 / tall_h,
         (2.0 * (top - y0) + 1.0) / tall_h - 1.0,
         inverse,
     )
-    theta = _compose(to_tall, inverse)
+    theta = compose(to_tall, inverse)
     # Faces without a transform sample far outside every frame: black chips.
     far = torch.zeros_like(theta)
     far[:, :, 2] = -3.0
@@ -495,7 +366,7 @@ def _warp_direct(
     # Samples left or right of the frame read black through grid_sample's zero padding.
     lo = (2.0 * (top - 1.0) + 1.0) / tall_h - 1.0
     hi = (2.0 * (top + crop_h) + 1.0) / tall_h - 1.0
-    grid = _grid(theta, size, device, clamp_y=(lo, hi) if frames > 1 else None)
+    grid = sampling_grid(theta, size, device, clamp_y=(lo, hi) if frames > 1 else None)
     # The same image for every face (a stride-0 batch, not copied), so the output is NCHW.
     return F.grid_sample(
         tall.view(1, 3, tall_h, crop_w).expand(len(grid), -1, -1, -1),
@@ -521,7 +392,7 @@ def _warp_antialiased(
     batch: torch.Tensor,
     inverse: torch.Tensor,
     scale: torch.Tensor,
-    region: _Region,
+    region: Region,
     size: tuple[int, int],
     host: torch.Tensor,
 ) -> torch.Tensor:
@@ -554,14 +425,14 @@ def _warp_antialiased(
     rx, ry = new_w / w, new_h / h
     # Chip pixel -> frame pixel -> small-image pixel (u = rx (x - x0 + 1/2) - 1/2) ->
     # normalised small-image coordinates (align_corners=False).
-    to_small = _affine(
+    to_small = affine(
         2.0 * rx / side,
         (2.0 * (rx * (0.5 - region.x0) - 0.5) + 1.0) / side - 1.0,
         2.0 * ry / side,
         (2.0 * (ry * (0.5 - region.y0) - 0.5) + 1.0) / side - 1.0,
         inverse,
     )
-    grid = _grid(_compose(to_small, inverse), size, device)
+    grid = sampling_grid(compose(to_small, inverse), size, device)
     steps = torch.arange(side + 1, dtype=torch.float64, device=inverse.device)
     chunk = max(1, _CORNER_POINTS_PER_CHUNK // (side + 1) ** 2)
 
@@ -569,7 +440,7 @@ def _warp_antialiased(
     frame_of = host[0].long()
     for k in torch.unique(frame_of).tolist():
         in_frame = (frame_of == k).nonzero()[:, 0]
-        wx0, wy0, wx1, wy1 = _union(host[1:, in_frame])
+        wx0, wy0, wx1, wy1 = union(host[1:, in_frame])
         # Summed-area table of the frame's window, with a zero first row and column:
         # entry (j, i) is the sum of the pixels above and left of (i, j). float64 sums of
         # bytes are exact (2^53 >> 255 x 2^32 pixels).
