@@ -4,13 +4,14 @@ On a generated 60 s 1080p30 video of six people (and a 720p one), all in one run
 (every frame decoded as before, and with exact skipping; the sampled ones converted), the
 default run (`compact`, 2 fps, per-track voting), the default as it was before (every frame
 decoded, the decoder on every core, onnxruntime fp32 detector, every frame searched whole),
-then one lever at a time (detector runtime, whole-frame search interval, decoding, decoder
-threads, int8, detector resolution, --skip-nonref, keyframes only) and the naive loop (OpenCV
-reads every frame, detects, classifies one face at a time). Faces and visitors are printed for
-every row, because a faster run that loses people is not faster; the labels of the default
-are compared face by face with the default before. A floor row adds up what decoding and the
-face step cost alone (CPU seconds, no contention) and spreads it over every core: no run of
-the default can be faster. Prints a Markdown table.
+then one lever at a time (detector runtime, whole-frame search interval, searching ahead,
+decoding, decoder threads, int8, detector resolution, --skip-nonref, keyframes only) and the
+naive loop (OpenCV reads every frame, detects, classifies one face at a time). Faces and
+visitors are printed for every row, because a faster run that loses people is not faster;
+the labels of the default are compared face by face with the default before. A floor row
+adds up what decoding and the face step cost alone on one thread each (CPU seconds, nothing
+waiting) and spreads it over every core: no run of the default can be faster. Prints a
+Markdown table.
 
     .venv/bin/python benchmarks/cpu_levers.py [--seconds 60] [--only-1080p] [--repeat 3]
 """
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import agr_batch.pipeline.faces as faces_module
 import agr_batch.pipeline.stream as stream_module
 import agr_batch.stages.decode.video as video_module
 from agr_batch.commands.bench import checkpoint_for
@@ -57,7 +59,9 @@ def face_step_alone(video: Path, cache_dir: Path) -> tuple[float, float]:
     from agr_batch.stages.preprocess import PreprocessSpec
     from agr_batch.stages.track import TrackerConfig
 
-    config = DetectorConfig()
+    # One detector thread and no look-ahead: the work itself, without threads that wait
+    # (spinning) or two searches at once (which the floor's sum over the cores assumes).
+    config = DetectorConfig(threads=1)
     detector = build_detector(config, device="cpu", cache_dir=cache_dir)
     step = FaceStep(
         detector, PreprocessSpec(input_size=(128, 128)), TrackerConfig(),
@@ -92,6 +96,21 @@ def every_frame_decoded() -> Any:
         yield
     finally:
         video_module._exact_skip_applies = original
+
+
+@contextlib.contextmanager
+def no_lookahead() -> Any:
+    """The face step as before: whole-frame searches in turn with the tiles, one detector."""
+    original = faces_module.FaceStep.__init__
+
+    def alone(self: Any, *args: Any, lookahead: Any = None, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+
+    faces_module.FaceStep.__init__ = alone  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        faces_module.FaceStep.__init__ = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -159,11 +178,12 @@ def bench_video(video: Path, seconds: float, ckpt: Path, work: Path, repeat: int
     one_run(video, ckpt, warm, cache_dir=work / "cache", detector=ONNX)
 
     def timed(
-        name: str, full: bool, kw: dict[str, object], every_core: bool = False
-    ) -> tuple[float, float, Any, Path]:
+        name: str, full: bool, kw: dict[str, object], every_core: bool = False,
+        alone: bool = False,
+    ) -> tuple[float, float, Any, Path]:  # fmt: skip
         out = work / f"{video.stem}-{name}-{time.monotonic_ns()}"
         out.mkdir()
-        with as_before(full, every_core):
+        with as_before(full, every_core), no_lookahead() if alone else contextlib.nullcontext():
             wall, cpu, s = one_run(video, ckpt, out, cache_dir=work / "cache", **kw)
         return wall, cpu, s, out
 
@@ -215,7 +235,8 @@ def bench_video(video: Path, seconds: float, ckpt: Path, work: Path, repeat: int
     cores = os.cpu_count() or 1
     floor = (one_cpu + face_cpu) / cores
     rows.append(
-        f"| face step alone (detect, align, track on frames decoded first) | {face_wall:.2f} "
+        f"| face step alone, one thread (detect, align, track on frames decoded first) "
+        f"| {face_wall:.2f} "
         f"| {face_wall / base_wall:.2f} | {face_cpu:.1f} | | | with decode-only (exact "
         f"skipping, one thread: {one_cpu:.1f} CPU s) {one_cpu + face_cpu:.1f} CPU s: on "
         f"{cores} cores at least {floor:.2f} s, {floor / base_wall:.2f}× decode-only, "
@@ -231,7 +252,7 @@ def bench_video(video: Path, seconds: float, ckpt: Path, work: Path, repeat: int
 
     now_name = (
         "default (exact skipping, decoder on half the cores, OpenVINO bf16, whole-frame "
-        "search every 1 s)"
+        "search every 1 s, ahead of the tiles)"
     )
     rows.append(row(now_name, default_wall, default_cpu, runs["now"][0],
                     spread("now")))  # fmt: skip
@@ -246,6 +267,7 @@ def bench_video(video: Path, seconds: float, ckpt: Path, work: Path, repeat: int
         ("onnxruntime fp32 detector", {"detector": ONNX}),
         ("every frame searched whole (--redetect-every 0)",
          {"detector": DetectorConfig(redetect_s=0)}),
+        ("whole-frame searches in turn with the tiles (no look-ahead)", {"alone": True}),
         ("every frame decoded", {"full_decode": True}),
         ("decoder on every core (FFmpeg's default)", {"every_core": True}),
         ("int8 detector (onnxruntime)", {"detector": DetectorConfig(backend="onnxruntime-int8")}),
@@ -257,7 +279,8 @@ def bench_video(video: Path, seconds: float, ckpt: Path, work: Path, repeat: int
     for name, kw in plan:
         full = bool(kw.pop("full_decode", False))
         every_core = bool(kw.pop("every_core", False))
-        wall, cpu, s, _ = timed(name.split()[0], full, kw, every_core)
+        alone = bool(kw.pop("alone", False))
+        wall, cpu, s, _ = timed(name.split()[0], full, kw, every_core, alone)
         rows.append(row(name, wall, cpu, s))
         print(rows[-1], file=sys.stderr, flush=True)
     t_naive, _ = med("naive")

@@ -6,6 +6,13 @@ tracks that ended. The detector is called on a list of frames at once (:meth:`Fa
 step_batch`); the tracker is still updated frame by frame, in order. Frames' pixels are not
 kept: after this step only the chips (a few kilobytes per face) travel on.
 
+In a video searched in tiles around the tracked faces (:mod:`agr_batch.stages.detect.regions`),
+the whole-frame searches are planned by time alone, so each is known before the frames ahead
+of it are tracked. Given a second detector (``lookahead``), they run on a helper thread while
+this one searches the tiles of the frames in between, aligns and tracks: the two inferences
+overlap instead of waiting on each other (on 2 cores a 60 s 720p run took ~13 % less time
+and ~15 % less CPU; BENCHMARKS.md). The results are the same either way.
+
 With a detector that runs on a torch device (CenterFace in PyTorch, e.g. on a GPU), a batch of
 frames is detected in one call and its chips are warped there, straight into the classifier's
 normalised input (:class:`~agr_batch.stages.device_faces.DeviceFaceStage`): the chips stay on
@@ -18,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +39,9 @@ from agr_batch.stages.detect.regions import RegionPlanner, RegionPolicy
 from agr_batch.stages.preprocess import PreprocessSpec
 from agr_batch.stages.track import Tracker, TrackerConfig
 
-__all__ = ["FaceBatch", "FaceStep", "detection_error", "qualities"]
+__all__ = ["FaceBatch", "FaceStep", "PartialBatchError", "detection_error", "qualities"]
+
+_LOOKAHEAD_FRAMES = 4  # frames taken at once from the queue when searches can run ahead
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +97,9 @@ class FaceStep:
         regions: When a video's frames are searched whole and, in between, only around the
             tracked faces (:mod:`agr_batch.stages.detect.regions`); None searches every
             frame whole. Used with detectors that can search tiles (CenterFace on the host).
+        lookahead: A second instance of the detector, with its own session: the planned
+            whole-frame searches run on it on a helper thread, ahead of the tiles. Used
+            with ``regions`` only; call :meth:`close` when done.
     """
 
     def __init__(
@@ -97,6 +110,7 @@ class FaceStep:
         *,
         times: StageTimes | None = None,
         regions: RegionPolicy | None = None,
+        lookahead: Detector | None = None,
     ) -> None:
         self.detector = detector
         self.spec = spec
@@ -106,6 +120,9 @@ class FaceStep:
         # Tiles need a detector that can search them; the others search every frame whole.
         tiled = regions is not None and regions.enabled and hasattr(detector, "detect_around")
         self._planner = RegionPlanner(regions) if tiled and regions is not None else None
+        # (The same instance would run two inferences on one session at once.)
+        self._lookahead = lookahead if self._planner and lookahead is not detector else None
+        self._helper: ThreadPoolExecutor | None = None
         self.whole_frames = 0  # frames searched whole, and frames searched in tiles
         self.tiled_frames = 0
         # Detectors that run on a torch device detect and align whole batches there.
@@ -129,11 +146,22 @@ class FaceStep:
 
     @property
     def batch_size(self) -> int:
-        """Frames per detector call: the device detector's batch, else one.
+        """Frames per :meth:`step_batch` call.
 
-        Batching frames measured no faster with onnxruntime on CPUs.
+        The device detector's batch; a few frames when whole-frame searches can run ahead
+        of the tiles; else one. Batching frames in one detector call measured no faster
+        with onnxruntime on CPUs.
         """
-        return int(getattr(self.detector, "batch_size", 1)) if self.on_device else 1
+        if self.on_device:
+            return int(getattr(self.detector, "batch_size", 1))
+        return _LOOKAHEAD_FRAMES if self._lookahead is not None else 1
+
+    def close(self) -> None:
+        """Stop the helper thread of the look-ahead searches, if one was started."""
+        if self._helper is not None:
+            # Searches not started are dropped; a running one takes milliseconds.
+            self._helper.shutdown(wait=True, cancel_futures=True)
+            self._helper = None
 
     def start_source(self) -> None:
         """Forget the previous source's tracks (ids start again at 0)."""
@@ -155,14 +183,15 @@ class FaceStep:
         The frames must be consecutive frames of the current source, in time order.
 
         Raises:
+            PartialBatchError: Detection failed after some frames were done (searched in tiles
+                or ahead of them): those frames' records, and the cause for the rest.
             Exception: Whatever the detector raises (the caller reports the frames as failed;
                 the tracker has not seen them).
         """
         if not frames:
             return []
-        if len(frames) > 1 and self._planner is not None:
-            # Where to look in a frame depends on the tracks after the frame before.
-            return [face for frame in frames for face in self.step_batch([frame])]
+        if self._planner is not None:
+            return self._step_planned(frames)
         t0 = time.perf_counter()
         quality: list[np.ndarray | None]
         if self._device_stage is not None:
@@ -181,24 +210,10 @@ class FaceStep:
             ]
             quality = [None] * len(frames)
             t2 = time.perf_counter()
-        out = []
-        for frame, dets, frame_chips, q in zip(frames, found, chips, quality, strict=True):
-            # A new tracker per source: in an image each face is its own track (ids 0..n-1).
-            track_ids = self.tracker.update(dets.boxes, dets.scores, frame.time_s)
-            ended = tuple(self.tracker.pop_ended())
-            out.append(
-                FaceBatch(
-                    source=frame.source,
-                    frame_index=frame.frame_index,
-                    time_s=frame.time_s,
-                    start_time=frame.start_time,
-                    detections=dets,
-                    chips=frame_chips,
-                    track_ids=np.asarray(track_ids, np.int64),
-                    ended=ended,
-                    quality=q,
-                )
-            )
+        out = [
+            self._track(frame, dets, frame_chips, q)
+            for frame, dets, frame_chips, q in zip(frames, found, chips, quality, strict=True)
+        ]
         if self.times is not None:
             # On the device, detection and alignment are one call: counted as detection.
             self.times.detect += t1 - t0
@@ -206,27 +221,100 @@ class FaceStep:
             self.times.track += time.perf_counter() - t2
         return out
 
+    def _track(
+        self, frame: Frame, dets: Detections, chips: Any, quality: np.ndarray | None
+    ) -> FaceBatch:
+        # A new tracker per source: in an image each face is its own track (ids 0..n-1).
+        track_ids = self.tracker.update(dets.boxes, dets.scores, frame.time_s)
+        return FaceBatch(
+            source=frame.source,
+            frame_index=frame.frame_index,
+            time_s=frame.time_s,
+            start_time=frame.start_time,
+            detections=dets,
+            chips=chips,
+            track_ids=np.asarray(track_ids, np.int64),
+            ended=tuple(self.tracker.pop_ended()),
+            quality=quality,
+        )
+
     def _detect_host(self, frames: Sequence[Frame]) -> list[Detections]:
+        self.whole_frames += len(frames)
+        return self.detector.detect([f.image for f in frames])
+
+    def _step_planned(self, frames: Sequence[Frame]) -> list[FaceBatch]:
+        """Frames searched whole or in tiles around the tracks, in order.
+
+        The whole-frame searches are planned first, for every frame of the batch, from the
+        frames' times and sizes alone (a tile search that falls back to the whole frame
+        does not move the schedule), so the plan does not depend on how the frames were
+        batched; with a look-ahead detector they start at once on the helper thread.
+        Where to look in a tiled frame depends on the tracks after the frame before, so
+        the frames are then searched, aligned and tracked one after the other.
+        """
         planner = self._planner
-        if planner is None:
-            self.whole_frames += len(frames)
-            return self.detector.detect([f.image for f in frames])
-        (frame,) = frames
-        if planner.whole(frame.time_s, frame.image.shape):
-            dets, whole = self.detector.detect([frame.image])[0], True
-        else:
-            dets, whole = self.detector.detect_around(  # type: ignore[attr-defined]
-                frame.image,
-                self.tracker.predicted_boxes(frame.time_s),
-                margin=planner.policy.margin,
-                max_share=planner.policy.max_share,
-            )
-        if whole:
-            planner.searched_whole(frame.time_s)
-            self.whole_frames += 1
-        else:
-            self.tiled_frames += 1
-        return [dets]
+        assert planner is not None
+        pending: dict[int, Future[Detections] | None] = {}
+        for i, frame in enumerate(frames):
+            if planner.whole(frame.time_s, frame.image.shape):
+                planner.searched_whole(frame.time_s)
+                pending[i] = self._search_ahead(frame)
+        out: list[FaceBatch] = []
+        try:
+            for i, frame in enumerate(frames):
+                t0 = time.perf_counter()
+                if i in pending:
+                    ahead = pending.pop(i)
+                    dets = ahead.result() if ahead else self.detector.detect([frame.image])[0]
+                    whole = True
+                else:
+                    dets, whole = self.detector.detect_around(  # type: ignore[attr-defined]
+                        frame.image,
+                        self.tracker.predicted_boxes(frame.time_s),
+                        margin=planner.policy.margin,
+                        max_share=planner.policy.max_share,
+                    )
+                self.whole_frames += whole
+                self.tiled_frames += not whole
+                t1 = time.perf_counter()
+                chips = align_faces(frame.image, dets.landmarks, self.spec)
+                t2 = time.perf_counter()
+                out.append(self._track(frame, dets, chips, None))
+                if self.times is not None:
+                    self.times.detect += t1 - t0
+                    self.times.align += t2 - t1
+                    self.times.track += time.perf_counter() - t2
+        except Exception as e:
+            # The frames before this one are tracked: they must not be reported as failed.
+            raise PartialBatchError(out, e) from e
+        finally:
+            for ahead in pending.values():  # a search failed: the later ones are not needed
+                if ahead is not None and not ahead.cancel():
+                    ahead.exception()  # wait: the helper's detector is free again
+        return out
+
+    def _search_ahead(self, frame: Frame) -> Future[Detections] | None:
+        """The whole-frame search of ``frame`` started on the helper thread (None: none)."""
+        detector = self._lookahead
+        if detector is None:
+            return None
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="agr-whole")
+        return self._helper.submit(lambda: detector.detect([frame.image])[0])
+
+
+class PartialBatchError(Exception):
+    """Detection failed part-way through a batch of frames.
+
+    Attributes:
+        done: The records of the frames before the failed one (they are tracked).
+        cause: What the detector raised for the next frame.
+    """
+
+    def __init__(self, done: list[FaceBatch], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.done = done
+        self.cause = cause
 
 
 def qualities(dets: Detections, sharpness: np.ndarray, *, chip_side: int) -> np.ndarray:

@@ -100,6 +100,7 @@ class LocalPipeline(Pipeline):
             config.tracker,
             times=times,
             regions=RegionPolicy(redetect_s=config.detector.redetect_s),
+            lookahead=loaded.lookahead,
         )
         # A batched (GPU) detector needs a batch's worth of frames queued ahead of it.
         q_frames: queue.Queue[Any] = queue.Queue(
@@ -183,6 +184,7 @@ class LocalPipeline(Pipeline):
             stop.set()
             for w in workers:
                 w.join(timeout=5)
+            step.close()
         return ProcessStats(times, assembler.voter.classified_faces)
 
     def close(self) -> None:
@@ -198,6 +200,7 @@ class _Loaded:
     classifier: Classifier
     detector: Detector
     info: PipelineInfo
+    lookahead: Detector | None = None
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -239,6 +242,11 @@ class _Loaded:
             det = dataclasses.replace(det, threads=threads)
         t0 = time.perf_counter()
         detector = build_detector(det, device=device, cache_dir=config.cache_dir)
+        # A second instance searches whole frames ahead of the tiles (FaceStep): on the CPU,
+        # where the two inferences overlap better than one inference uses every core.
+        lookahead = None
+        if device.type == "cpu" and det.redetect_s > 0 and hasattr(detector, "detect_around"):
+            lookahead = build_detector(det, device=device, cache_dir=config.cache_dir)
         # Building an int8 or compiled detector is a one-off, like the classifier's engine.
         detector_build_s = time.perf_counter() - t0
         decoder = resolve_decoder(config.decoder, device.type)
@@ -264,4 +272,4 @@ class _Loaded:
                 "model_training": describe_model(meta),
             },
         )
-        return cls(checkpoint, classifier, detector, info)
+        return cls(checkpoint, classifier, detector, info, lookahead)

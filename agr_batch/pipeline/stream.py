@@ -18,7 +18,7 @@ from typing import Any
 from agr_batch.config import ProcessingConfig
 from agr_batch.pipeline import StageTimes
 from agr_batch.pipeline.budget import ByteBudget
-from agr_batch.pipeline.faces import FaceBatch, FaceStep, detection_error
+from agr_batch.pipeline.faces import FaceBatch, FaceStep, PartialBatchError, detection_error
 from agr_batch.pipeline.frames import ImageBatcher, open_frames
 from agr_batch.pipeline.work import WorkItem
 from agr_batch.records import Frame
@@ -238,6 +238,12 @@ def face_worker(
                         break
                 try:
                     results = step.step_batch([m.frame for m in batch])
+                except PartialBatchError as e:
+                    for m, faces in zip(batch, e.done, strict=False):
+                        _put(out, FacesOf(m.key, faces), stop)
+                    for m in batch[len(e.done) :]:
+                        _put(out, FrameFailed(m.key, detection_error(m.frame, e.cause)), stop)
+                    continue
                 except Exception as e:
                     for m in batch:
                         _put(out, FrameFailed(m.key, detection_error(m.frame, e)), stop)
