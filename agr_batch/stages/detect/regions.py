@@ -18,6 +18,11 @@ What it costs: a face that appears between two whole-frame passes is found at th
 up to ``redetect_s`` later, and someone in view for less than that may be missed. Sparse
 samples (more than :attr:`RegionPolicy.max_step_s` apart, e.g. keyframes), frames whose size
 differs from the frame before and frames without a time are always searched whole.
+
+The schedule depends on the frames' times and sizes alone (a tile search that falls back to
+the whole frame because its tiles would cover most of it does not move it), so the face step
+knows which frames are searched whole before it has tracked the frames in between, and can
+start those searches ahead (:class:`agr_batch.pipeline.faces.FaceStep`).
 """
 
 from __future__ import annotations
