@@ -10,8 +10,8 @@ In a video searched in tiles around the tracked faces (:mod:`agr_batch.stages.de
 the whole-frame searches are planned by time alone, so each is known before the frames ahead
 of it are tracked. Given a second detector (``lookahead``), they run on a helper thread while
 this one searches the tiles of the frames in between, aligns and tracks: the two inferences
-overlap instead of waiting on each other (on 2 cores a 60 s 720p run took ~13 % less time
-and ~15 % less CPU; BENCHMARKS.md). The results are the same either way.
+overlap instead of waiting on each other (on 2 cores a 60 s video took 3–15 % less time;
+BENCHMARKS.md). The results are the same either way.
 
 With a detector that runs on a torch device (CenterFace in PyTorch, e.g. on a GPU), a batch of
 frames is detected in one call and its chips are warped there, straight into the classifier's
