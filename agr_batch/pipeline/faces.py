@@ -121,7 +121,9 @@ class FaceStep:
         tiled = regions is not None and regions.enabled and hasattr(detector, "detect_around")
         self._planner = RegionPlanner(regions) if tiled and regions is not None else None
         # (The same instance would run two inferences on one session at once.)
-        self._lookahead = lookahead if self._planner and lookahead is not detector else None
+        self._lookahead = (
+            lookahead if self._planner is not None and lookahead is not detector else None
+        )
         self._helper: ThreadPoolExecutor | None = None
         self.whole_frames = 0  # frames searched whole, and frames searched in tiles
         self.tiled_frames = 0
