@@ -238,15 +238,13 @@ def face_worker(
                         break
                 try:
                     results = step.step_batch([m.frame for m in batch])
-                except PartialBatchError as e:
-                    for m, faces in zip(batch, e.done, strict=False):
-                        _put(out, FacesOf(m.key, faces), stop)
-                    for m in batch[len(e.done) :]:
-                        _put(out, FrameFailed(m.key, detection_error(m.frame, e.cause)), stop)
-                    continue
                 except Exception as e:
-                    for m in batch:
-                        _put(out, FrameFailed(m.key, detection_error(m.frame, e)), stop)
+                    # Frames done before a failure part-way through the batch keep their faces.
+                    done, cause = (e.done, e.cause) if isinstance(e, PartialBatchError) else ([], e)
+                    for m, faces in zip(batch, done, strict=False):
+                        _put(out, FacesOf(m.key, faces), stop)
+                    for m in batch[len(done) :]:
+                        _put(out, FrameFailed(m.key, detection_error(m.frame, cause)), stop)
                     continue
                 finally:
                     # Only the chips go on: the frames' pixels are no longer in flight.
