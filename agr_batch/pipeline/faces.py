@@ -259,7 +259,6 @@ class FaceStep:
         pending: dict[int, Future[Detections] | None] = {}
         for i, frame in enumerate(frames):
             if planner.whole(frame.time_s, frame.image.shape):
-                planner.searched_whole(frame.time_s)
                 pending[i] = self._search_ahead(frame)
         out: list[FaceBatch] = []
         try:

@@ -86,7 +86,9 @@ class RegionPlanner:
         self._last_size: tuple[int, ...] = ()
 
     def whole(self, time_s: float, size: tuple[int, ...] = ()) -> bool:
-        """Whether the frame at ``time_s`` must be searched whole (call once per frame).
+        """Whether the frame at ``time_s`` is searched whole (call once per frame, in order).
+
+        A True answer starts the next interval: the caller searches that frame whole.
 
         Args:
             time_s: The frame's time.
@@ -96,7 +98,7 @@ class RegionPlanner:
         p = self.policy
         previous, self._last_time = self._last_time, time_s
         resized, self._last_size = size != self._last_size, size
-        return (
+        whole = (
             not p.enabled
             or resized
             or not math.isfinite(time_s)  # no schedule without times: search everything
@@ -106,10 +108,9 @@ class RegionPlanner:
             or time_s < self._last_whole  # out of order: start the schedule again
             or time_s - previous > p.max_step_s
         )
-
-    def searched_whole(self, time_s: float) -> None:
-        """Record that the frame at ``time_s`` was searched whole."""
-        self._last_whole = time_s
+        if whole:
+            self._last_whole = time_s
+        return whole
 
 
 def tiles_around(

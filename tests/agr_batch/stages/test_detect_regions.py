@@ -12,6 +12,7 @@ from agr_batch.config import DetectorConfig, TrackerConfig
 from agr_batch.pipeline.faces import FaceStep
 from agr_batch.samples import write_scene_video
 from agr_batch.stages.decode.media import frames
+from agr_batch.stages.detect import create_detector
 from agr_batch.stages.detect.regions import RegionPlanner, RegionPolicy, tiles_around
 from agr_batch.stages.preprocess import PreprocessSpec
 from agr_batch.stages.track import Tracker
@@ -65,10 +66,7 @@ def test_the_schedule_searches_whole_at_the_start_every_interval_and_after_a_jum
     planner = RegionPlanner(RegionPolicy(redetect_s=1.0, max_step_s=1.0))
     decisions = []
     for t in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 5.5, 3.0):
-        whole = planner.whole(t)
-        decisions.append(whole)
-        if whole:
-            planner.searched_whole(t)
+        decisions.append(planner.whole(t))
     # 0: first frame; 1.0, 2.0: the interval; 5.0: 2.5 s after the frame before; 3.0: back
     # in time.
     assert decisions == [True, False, True, False, True, False, True, False, True]
@@ -98,14 +96,33 @@ def test_odd_frames_sizes_and_times_keep_finding_the_faces(centerface):
     assert len(tiny) == 0
 
 
-def test_a_tile_pass_that_became_whole_resets_the_interval():
-    planner = RegionPlanner(RegionPolicy(redetect_s=1.0))
-    assert planner.whole(0.0)
-    planner.searched_whole(0.0)
-    assert not planner.whole(0.5)
-    planner.searched_whole(0.5)  # the tiles would have covered most of the frame
-    assert not planner.whole(1.0)
-    assert planner.whole(1.5)
+def test_a_tile_pass_that_became_whole_leaves_the_schedule_alone(centerface, scene_frames):
+    # Tiles around the six faces of a scene frame cover far more than 1 % of it: every
+    # tiled frame falls back to a whole search. The planned ones stay on the 1 s schedule
+    # (they are what a look-ahead detector is given), so the plan depends on times alone.
+    ahead = _Counting(create_detector("centerface", threads=2))  # its own session
+    step = FaceStep(
+        centerface, SPEC, TrackerConfig(), regions=RegionPolicy(redetect_s=1.0, max_share=0.01),
+        lookahead=ahead,
+    )  # fmt: skip
+    try:
+        found = step.step_batch(scene_frames[:4])  # 0, 0.5, 1.0 and 1.5 s
+    finally:
+        step.close()
+    assert [len(f) for f in found] == [6, 6, 6, 6]
+    assert (step.whole_frames, step.tiled_frames) == (4, 0)
+    assert ahead.calls == 2  # 0 and 1.0 s; 0.5 and 1.5 s were tiles that fell back
+
+
+class _Counting:
+    """A detector that counts its whole-frame searches."""
+
+    def __init__(self, detector):  # type: ignore[no-untyped-def]
+        self.detector, self.calls = detector, 0
+
+    def detect(self, images):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.detector.detect(images)
 
 
 def test_redetect_zero_searches_every_frame_whole():
